@@ -1,0 +1,229 @@
+"""`ptblm`: one command per pipeline stage, plus tools. DVC calls these through stages/."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import sys
+from pathlib import Path
+
+import click
+
+from . import tracking
+from .config import Params, load_params
+from .errors import PtblmError
+from .fsutil import write_json, write_text
+
+RAW_ARCHIVE = Path("data/raw/simple-examples.tgz")
+TEXT_DIR = Path("data/ptb")
+PREPARED_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+CHECKPOINT_DIR = Path("checkpoints")
+
+params_option = click.option(
+    "--params",
+    "params_path",
+    type=click.Path(path_type=Path),
+    default=Path("params.yaml"),
+    show_default=True,
+    help="The params file to read.",
+)
+model_option = click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Config to use instead of params.yaml's `model` (small, medium, large, test).",
+)
+
+
+def fails_cleanly(command):
+    """Expected failures become one line on stderr and exit code 1, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PtblmError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _params(params_path: Path, model_name: str | None = None) -> Params:
+    params = load_params(params_path)
+    return params.with_model(model_name) if model_name else params
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ptblm")
+def main() -> None:
+    """Zaremba et al. (2014) PTB language models: the stages of the DVC pipeline, and tools.
+
+    Run the whole pipeline with `dvc repro`; each command here is one stage.
+    """
+
+
+@main.command()
+@params_option
+@click.option("--out", type=click.Path(path_type=Path), default=RAW_ARCHIVE, show_default=True)
+@fails_cleanly
+def fetch(params_path: Path, out: Path) -> None:
+    """Download simple-examples.tgz ($PTBLM_DATA_SOURCE first, then data.sources)."""
+    from .fetch import candidate_sources, fetch_archive
+
+    data = load_params(params_path).data
+    used = fetch_archive(
+        candidate_sources(data.sources),
+        out,
+        timeout_s=data.timeout_s,
+        retries=data.retries,
+        backoff_s=data.backoff_s,
+    )
+    click.echo(f"fetched {out} from {used}")
+
+
+@main.command()
+@click.option("--archive", type=click.Path(path_type=Path), default=RAW_ARCHIVE, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=TEXT_DIR, show_default=True)
+@fails_cleanly
+def extract(archive: Path, out: Path) -> None:
+    """Extract and verify (MD5) ptb.{train,valid,test}.txt, refusing unsafe archives."""
+    from .archive import extract_ptb
+
+    for name, digest in extract_ptb(archive, out).items():
+        click.echo(f"{out / name}  md5 {digest}  ok")
+
+
+@main.command()
+@click.option("--text-dir", type=click.Path(path_type=Path), default=TEXT_DIR, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=PREPARED_DIR, show_default=True)
+@click.option(
+    "--metrics",
+    type=click.Path(path_type=Path),
+    default=METRICS_DIR / "prepare.json",
+    show_default=True,
+)
+@fails_cleanly
+def prepare(text_dir: Path, out: Path, metrics: Path) -> None:
+    """Build the vocabulary (TF reader order) and the id arrays of the three splits."""
+    from .data import prepare as prepare_corpus
+
+    stats = prepare_corpus(text_dir, out)
+    write_json(metrics, stats)
+    tokens = ", ".join(f"{k} {v:,}" for k, v in stats["tokens"].items())
+    click.echo(f"vocabulary {stats['vocab_size']:,} words; tokens: {tokens}")
+
+
+def _history_csv(history: list[dict]) -> str:
+    """Only what the model learned: timings live in speed.json, so unchanged runs diff clean."""
+    columns = ["epoch", "lr", "train_perplexity", "valid_perplexity"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+@main.command(name="train")
+@params_option
+@model_option
+@click.option(
+    "--tracking/--no-tracking",
+    "tracking_on",
+    default=None,
+    help="Override tracking.enabled (off: mlflow is not even imported).",
+)
+@fails_cleanly
+def train_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
+    """Train the selected config; resumes from its last checkpoint if interrupted."""
+    from .data import load_corpus
+    from .plots import save_learning_curve
+    from .train import device_description, resolve_device, save_model, train
+
+    params = _params(params_path, model_name)
+    name, config = params.model, params.config
+    corpus = load_corpus(PREPARED_DIR)
+    device = resolve_device(params.train.device)
+    tracker = tracking.NullTracker()
+    checkpoint = CHECKPOINT_DIR / name / "last.pt"
+    try:
+        result = train(name, config, params.train, corpus, checkpoint, on_epoch=tracker.log_epoch)
+        out = METRICS_DIR / name
+        save_model(MODELS_DIR / name / "model.pt", result.model, name, corpus)
+        write_json(
+            out / "train.json",
+            {
+                "config": name,
+                "train_perplexity": round(result.train_perplexity, 4),
+                "valid_perplexity": round(result.valid_perplexity, 4),
+                "epochs": len(result.history),
+                "device": device.type,
+            },
+        )
+        write_json(
+            out / "speed.json",
+            {
+                "words_per_sec": round(result.words_per_sec, 1),
+                "wall_time_s": round(result.wall_time_s, 2),
+                "device": device_description(device),
+                "precision": params.train.precision,
+                "epochs": [
+                    {k: r[k] for k in ("epoch", "words_per_sec", "epoch_time_s")}
+                    for r in result.history
+                ],
+            },
+        )
+        write_text(out / "history.csv", _history_csv(result.history))
+        save_learning_curve(result.history, out / "learning_curve.png", f"PTB {name} config")
+    except BaseException:
+        tracker.end(failed=True)
+        raise
+    checkpoint.unlink(missing_ok=True)
+    tracker.end()
+    click.echo(
+        f"{name}: train ppl {result.train_perplexity:.2f}, valid ppl "
+        f"{result.valid_perplexity:.2f}, {result.words_per_sec:,.0f} words/s, "
+        f"{result.wall_time_s:.1f} s"
+    )
+
+
+@main.command(name="evaluate")
+@params_option
+@model_option
+@fails_cleanly
+def evaluate_command(params_path: Path, model_name: str | None) -> None:
+    """Test (and valid) perplexity as the tutorial scores it: batch 1, state carried."""
+    from .data import load_corpus
+    from .train import evaluate_split, load_model, resolve_device
+
+    params = _params(params_path, model_name)
+    name = params.model
+    corpus = load_corpus(PREPARED_DIR)
+    device = resolve_device(params.train.device)
+    model = load_model(MODELS_DIR / name / "model.pt", name, params.config, corpus).to(device)
+    batch = params.evaluate.batch_size
+    scores = {
+        split: evaluate_split(
+            model, corpus.splits[split], batch, device, params.train.precision, desc=split
+        )
+        for split in ("test", "valid")
+    }
+    write_json(
+        METRICS_DIR / name / "eval.json",
+        {
+            "config": name,
+            "test_perplexity": round(scores["test"].perplexity, 4),
+            "valid_perplexity": round(scores["valid"].perplexity, 4),
+            "batch_size": batch,
+        },
+    )
+    click.echo(
+        f"{name}: test ppl {scores['test'].perplexity:.2f}, valid ppl "
+        f"{scores['valid'].perplexity:.2f} ({scores['test'].words_per_sec:,.0f} words/s)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

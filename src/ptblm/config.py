@@ -1,0 +1,241 @@
+"""Typed, validated view of params.yaml.
+
+Every check happens here, before any work starts, so that a bad value fails in
+milliseconds with one line naming the key and what it may be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import PtblmError
+
+DEFAULT_PARAMS = Path("params.yaml")
+CONFIG_NAMES = ("small", "medium", "large", "test")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+UNREACHABLE_POLICIES = ("fail", "continue")
+
+
+class ConfigError(PtblmError):
+    """A params value that cannot work; the message says which key and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One row of the Zaremba et al. config table (reference.md, 'Configs')."""
+
+    init_scale: float
+    learning_rate: float
+    max_grad_norm: float
+    num_layers: int
+    num_steps: int
+    hidden_size: int
+    max_epoch: int
+    max_max_epoch: int
+    keep_prob: float
+    lr_decay: float
+    batch_size: int
+    vocab_size: int
+
+    def check(self, where: str) -> None:
+        for name in ("num_layers", "num_steps", "hidden_size", "batch_size", "vocab_size"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), ">= 1")
+        _require(self.max_epoch >= 0, f"{where}.max_epoch", self.max_epoch, ">= 0")
+        _require(self.max_max_epoch >= 1, f"{where}.max_max_epoch", self.max_max_epoch, ">= 1")
+        for name in ("init_scale", "learning_rate", "max_grad_norm", "lr_decay"):
+            _require(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "> 0")
+        _require(0 < self.keep_prob <= 1, f"{where}.keep_prob", self.keep_prob, "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where `fetch` gets the archive from; tried in order after $PTBLM_DATA_SOURCE."""
+
+    sources: tuple[str, ...]
+    timeout_s: float = 60.0
+    retries: int = 3
+    backoff_s: float = 2.0
+
+    def check(self, where: str) -> None:
+        _require(len(self.sources) > 0, f"{where}.sources", list(self.sources), "a non-empty list")
+        _require(self.timeout_s > 0, f"{where}.timeout_s", self.timeout_s, "> 0")
+        _require(self.retries >= 1, f"{where}.retries", self.retries, ">= 1")
+        _require(self.backoff_s >= 0, f"{where}.backoff_s", self.backoff_s, ">= 0")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Settings shared by every config: they change how, not what, is computed."""
+
+    seed: int = 1234
+    device: str = "auto"
+    precision: str = "fp32"
+    num_threads: int = 0
+
+    def check(self, where: str) -> None:
+        _require_choice(self.device, f"{where}.device", DEVICES)
+        _require_choice(self.precision, f"{where}.precision", PRECISIONS)
+        _require(self.num_threads >= 0, f"{where}.num_threads", self.num_threads, ">= 0 (0: auto)")
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """Test evaluation: the tutorial scores the test split at batch size 1."""
+
+    batch_size: int = 1
+
+    def check(self, where: str) -> None:
+        _require(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """MLflow settings; `uri` empty means the SQLite store mlflow.db at the project root."""
+
+    enabled: bool = True
+    experiment: str = "ptb-lm"
+    uri: str = ""
+    on_unreachable: str = "fail"
+
+    def check(self, where: str) -> None:
+        _require(bool(self.experiment), f"{where}.experiment", self.experiment, "a non-empty name")
+        _require_choice(self.on_unreachable, f"{where}.on_unreachable", UNREACHABLE_POLICIES)
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str
+    models: dict[str, ModelConfig]
+    data: DataParams
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvalParams = field(default_factory=EvalParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.models[self.model]
+
+    def with_model(self, name: str) -> Params:
+        _require_choice(name, "model", tuple(self.models))
+        return dataclasses.replace(self, model=name)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"params: {key} = {value!r} is not allowed; it must be {allowed}")
+
+
+def _require_choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"params: {key} = {value!r} is not allowed; choose one of: {', '.join(choices)}"
+        )
+
+
+def _coerce(value: Any, kind: str, key: str) -> Any:
+    """Turn a YAML value into the field's declared type (a string: annotations are lazy)."""
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"params: {key} = {value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"params: {key} = {value!r} must be a finite number")
+        return float(value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"params: {key} = {value!r} must be a whole number")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"params: {key} = {value!r} must be true or false")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"params: {key} = {value!r} must be a string")
+        return value
+    if kind == "tuple[str, ...]":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"params: {key} = {value!r} must be a list of strings")
+        return tuple(value)
+    raise TypeError(f"unsupported field type {kind!r}")  # a programming error, not user input
+
+
+def _build(cls: type, raw: Any, where: str, required: bool = True) -> Any:
+    """Build a params dataclass from a YAML mapping: unknown or missing keys are errors."""
+    if raw is None and not required:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: {where} must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"params: {where}.{unknown[0]} is not a known key; known keys: {', '.join(fields)}"
+        )
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _coerce(raw[name], f.type, f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"params: {where}.{name} is missing; add it to params.yaml")
+    obj = cls(**values)
+    obj.check(where)
+    return obj
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params.yaml mapping (already loaded) into `Params`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params: the file must be a YAML mapping with keys model, models, data")
+    for key in ("model", "models", "data"):
+        if key not in raw:
+            raise ConfigError(f"params: {key} is missing; add it to params.yaml")
+    known = {"model", "models", "data", "train", "evaluate", "tracking"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"params: {unknown[0]} is not a known key; known keys: {', '.join(sorted(known))}"
+        )
+    if not isinstance(raw["models"], dict) or not raw["models"]:
+        raise ConfigError("params: models must map config names to their hyperparameters")
+    models = {
+        str(name): _build(ModelConfig, values, f"models.{name}")
+        for name, values in raw["models"].items()
+    }
+    if not isinstance(raw["model"], str) or raw["model"] not in models:
+        raise ConfigError(
+            f"params: model = {raw['model']!r} is not a config; choose one of: {', '.join(models)}"
+        )
+    return Params(
+        model=raw["model"],
+        models=models,
+        data=_build(DataParams, raw["data"], "data"),
+        train=_build(TrainParams, raw.get("train"), "train", required=False),
+        evaluate=_build(EvalParams, raw.get("evaluate"), "evaluate", required=False),
+        tracking=_build(TrackingParams, raw.get("tracking"), "tracking", required=False),
+    )
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"params: {path} not found; run from the project root or pass --params"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"params: {path} is not valid YAML{line}; fix the syntax") from None
+    return parse_params(raw)

@@ -1,0 +1,350 @@
+"""Training: the tutorial's run_epoch / main loop, with checkpoints that resume exactly.
+
+Imports torch only; tracking comes in through the `on_epoch` callback, so this
+runs on a machine that has nothing but torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .config import ModelConfig, TrainParams
+from .data import Corpus, batchify, iterate_batches
+from .errors import PtblmError
+from .fsutil import atomic_path
+from .model import PTBModel, State, detach
+
+CHECKPOINT_FORMAT = 1
+MODEL_FORMAT = 1
+
+
+class TrainingError(PtblmError):
+    """Training cannot go on (divergence, a checkpoint that does not fit)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            "params: train.device = 'cuda' but no CUDA device is visible; set it to auto or cpu"
+        )
+    return torch.device(name)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def learning_rate(config: ModelConfig, epoch: int) -> float:
+    """Epoch is 1-based: lr = learning_rate * lr_decay ** max(epoch - max_epoch, 0)."""
+    return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
+
+
+def clip_by_global_norm_(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """TF's clip_by_global_norm: grads *= max_norm / max(norm, max_norm). No host sync."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, max_norm / torch.clamp(norm, min=max_norm))
+    return norm
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class EpochResult:
+    perplexity: float
+    words: int
+    seconds: float
+
+    @property
+    def words_per_sec(self) -> float:
+        return self.words / self.seconds if self.seconds > 0 else float("nan")
+
+
+def run_epoch(
+    model: PTBModel,
+    data: torch.Tensor,
+    num_steps: int,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    max_grad_norm: float = 0.0,
+    precision: str = "fp32",
+    include_tail: bool = False,
+    desc: str = "",
+    epoch: int = 0,
+) -> EpochResult:
+    """One pass over `data` ([batch, len] on the model's device), state carried.
+
+    With an optimizer it trains (dropout on); without, it only scores. Costs are
+    summed on the device; the host reads them only when the progress bar refreshes.
+    """
+    training = optimizer is not None
+    model.train(training)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch_size, batch_len = data.shape
+    steps = (batch_len - 1) // num_steps + int(include_tail and (batch_len - 1) % num_steps > 0)
+    device = data.device
+    state: State = model.zero_state(batch_size, device)
+    step_costs = torch.zeros(steps, device=device, dtype=torch.float64)
+    iters = 0
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=1.0, disable=None)
+    refresh_every = max(1, steps // 20)
+    with torch.set_grad_enabled(training):
+        for step, (x, y) in enumerate(iterate_batches(data, num_steps, include_tail)):
+            with autocast(device, precision):
+                cost, state = model.cost(x, y, state)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                cost.backward()
+                clip_by_global_norm_(params, max_grad_norm)
+                optimizer.step()
+            state = detach(state)
+            step_costs[step] = cost.detach()
+            iters += x.size(1)
+            bar.update(1)
+            if (step + 1) % refresh_every == 0 or step + 1 == steps:
+                _check_finite(step_costs, step + 1, epoch, desc)
+                bar.set_postfix(ppl=f"{math.exp(step_costs[: step + 1].sum().item() / iters):.2f}")
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    total = step_costs.sum().item()
+    return EpochResult(math.exp(total / iters), iters * batch_size, seconds)
+
+
+def _check_finite(step_costs: torch.Tensor, done: int, epoch: int, desc: str) -> None:
+    bad = (~torch.isfinite(step_costs[:done])).nonzero()
+    if bad.numel():
+        step = int(bad[0]) + 1
+        raise TrainingError(
+            f"{desc or 'run'}: loss is {step_costs[step - 1].item()} at epoch {epoch}, "
+            f"step {step}; training diverged: lower learning_rate or max_grad_norm"
+        )
+
+
+def evaluate_split(
+    model: PTBModel,
+    ids: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    desc: str = "eval",
+) -> EpochResult:
+    """The tutorial's test evaluation (num_steps=1, state carried), in long windows.
+
+    Every token of each row but the first is predicted exactly once, as with
+    num_steps=1; windows of 1,000 steps give the same sums in far fewer calls.
+    """
+    data = batchify(ids, batch_size).to(device)
+    return run_epoch(model, data, 1000, precision=precision, include_tail=True, desc=desc)
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What resumes a run exactly: next epoch, history so far, RNG streams."""
+
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _identity(config_name: str, config: ModelConfig, corpus: Corpus, settings: TrainParams):
+    return {
+        "config_name": config_name,
+        "config": asdict(config),
+        "vocab_fingerprint": corpus.fingerprint,
+        "seed": settings.seed,
+        "precision": settings.precision,
+    }
+
+
+def save_checkpoint(path: Path, identity: dict, model, optimizer, lr: float, state: TrainState):
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        **identity,
+        "epoch": state.epoch,
+        "lr": lr,
+        "history": state.history,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, identity: dict, model, optimizer) -> TrainState | None:
+    """Restore a checkpoint written for this exact run; None (and a note) otherwise."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: never trust it, never crash on it
+        tqdm.write(f"note: ignoring unreadable checkpoint {path} ({exc}); starting fresh")
+        return None
+    mismatched = [k for k, v in identity.items() if payload.get(k) != v]
+    if payload.get("format") != CHECKPOINT_FORMAT or mismatched:
+        tqdm.write(
+            f"note: checkpoint {path} is for another run (differs in {', '.join(mismatched)}); "
+            "starting fresh"
+        )
+        return None
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["rng_cpu"])
+    if payload["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng_cuda"])
+    return TrainState(epoch=payload["epoch"], history=payload["history"])
+
+
+def save_model(path: Path, model: PTBModel, config_name: str, corpus: Corpus) -> None:
+    payload = {
+        "format": MODEL_FORMAT,
+        "config_name": config_name,
+        "config": asdict(model.config),
+        "vocab_fingerprint": corpus.fingerprint,
+        "state_dict": model.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: Path, config_name: str, config: ModelConfig, corpus: Corpus) -> PTBModel:
+    """Load a trained model, refusing one made for another config or vocabulary."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no trained model; run the train stage first") from None
+    except Exception as exc:
+        raise TrainingError(f"{path}: not a ptb-lm model file ({exc}); train again") from None
+    if payload.get("format") != MODEL_FORMAT:
+        raise TrainingError(f"{path}: unknown model format; train again")
+    if payload["vocab_fingerprint"] != corpus.fingerprint:
+        raise TrainingError(
+            f"{path}: trained on another vocabulary than data/prepared; "
+            "re-run prepare and train together (dvc repro)"
+        )
+    if payload["config_name"] != config_name or payload["config"] != asdict(config):
+        raise TrainingError(
+            f"{path}: trained with config {payload['config_name']!r} and other hyperparameters "
+            f"than the selected {config_name!r}; train this config first (dvc repro)"
+        )
+    model = PTBModel(config)
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+# --- the main loop ----------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    model: PTBModel
+    history: list[dict[str, float]]
+    train_perplexity: float
+    valid_perplexity: float
+    wall_time_s: float
+    words_per_sec: float
+    resumed_from_epoch: int
+
+
+def train(
+    config_name: str,
+    config: ModelConfig,
+    settings: TrainParams,
+    corpus: Corpus,
+    checkpoint_path: Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train `config` for max_max_epoch epochs, resuming from `checkpoint_path` if it fits."""
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    model = PTBModel(config).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, foreach=True)
+    identity = _identity(config_name, config, corpus, settings)
+    state = load_checkpoint(checkpoint_path, identity, model, optimizer) or TrainState()
+    resumed_from = state.epoch
+    if resumed_from:
+        tqdm.write(f"resuming {config_name} after epoch {resumed_from} from {checkpoint_path}")
+
+    train_data = batchify(corpus.splits["train"], config.batch_size).to(device)
+    valid_data = batchify(corpus.splits["valid"], config.batch_size).to(device)
+    epochs = tqdm(
+        range(state.epoch + 1, config.max_max_epoch + 1),
+        desc=f"train {config_name}",
+        unit="epoch",
+        initial=state.epoch,
+        total=config.max_max_epoch,
+        disable=None,
+    )
+    for epoch in epochs:
+        lr = learning_rate(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        trained = run_epoch(
+            model,
+            train_data,
+            config.num_steps,
+            optimizer=optimizer,
+            max_grad_norm=config.max_grad_norm,
+            precision=settings.precision,
+            desc=f"epoch {epoch} train",
+            epoch=epoch,
+        )
+        valid = run_epoch(
+            model, valid_data, config.num_steps, precision=settings.precision, desc="valid"
+        )
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_perplexity": trained.perplexity,
+            "valid_perplexity": valid.perplexity,
+            "words_per_sec": trained.words_per_sec,
+            "epoch_time_s": trained.seconds + valid.seconds,
+        }
+        state.history.append(record)
+        state.epoch = epoch
+        save_checkpoint(checkpoint_path, identity, model, optimizer, lr, state)
+        tqdm.write(
+            f"epoch {epoch:3d}  lr {lr:.4f}  train ppl {trained.perplexity:8.2f}  "
+            f"valid ppl {valid.perplexity:8.2f}  {trained.words_per_sec:9.0f} words/s  "
+            f"{record['epoch_time_s']:6.1f} s"
+        )
+        if on_epoch is not None:
+            on_epoch(record)
+
+    last = state.history[-1]
+    return TrainResult(
+        model=model,
+        history=state.history,
+        train_perplexity=last["train_perplexity"],
+        valid_perplexity=last["valid_perplexity"],
+        wall_time_s=sum(r["epoch_time_s"] for r in state.history),
+        # every epoch trains the same words, so the overall rate is the harmonic mean
+        words_per_sec=statistics.harmonic_mean([r["words_per_sec"] for r in state.history]),
+        resumed_from_epoch=resumed_from,
+    )

@@ -1,0 +1,6 @@
+"""DVC stage `extract`: see `python stages/extract.py --help`; the work is in the ptblm library."""
+
+from ptblm.cli import extract as command
+
+if __name__ == "__main__":
+    command()

@@ -1,0 +1,6 @@
+"""DVC stage `fetch`: see `python stages/fetch.py --help`; the work is in the ptblm library."""
+
+from ptblm.cli import fetch as command
+
+if __name__ == "__main__":
+    command()

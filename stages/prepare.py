@@ -1,0 +1,6 @@
+"""DVC stage `prepare`: see `python stages/prepare.py --help`; the work is in the ptblm library."""
+
+from ptblm.cli import prepare as command
+
+if __name__ == "__main__":
+    command()

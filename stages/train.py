@@ -1,0 +1,6 @@
+"""DVC stage `train`: see `python stages/train.py --help`; the work is in the ptblm library."""
+
+from ptblm.cli import train_command as command
+
+if __name__ == "__main__":
+    command()
