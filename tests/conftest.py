@@ -1,0 +1,84 @@
+"""Shared fixtures: temporary DVC projects made from this checkout, run by the real `dvc`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = Path(
+    os.environ.get(
+        "PTBLM_TEST_ARCHIVE", PROJECT_ROOT.parent / "shared" / "data" / "simple-examples.tgz"
+    )
+).resolve()
+# What a fresh clone has that a pipeline run needs (data, models, stores are made by the run).
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
+PROJECT_DIRS = ("stages", "src", ".dvc")
+
+
+def tool_env(repo: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first (so `python` in dvc.yaml is
+    ours), the repo's own src on PYTHONPATH, no inherited tracking URI."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PTBLM_DATA_SOURCE", None)
+    if repo is not None:
+        env["PYTHONPATH"] = str(repo / "src")
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
+        timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        args, cwd=cwd, env=env or tool_env(cwd), capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+            f"\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def dvc(repo: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
+        timeout: float = 900) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], repo, env=env, check=check, timeout=timeout)
+
+
+def git(repo: Path, *args: str) -> str:
+    return run(["git", *args], repo).stdout
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh git + DVC project with this checkout's pipeline and code, one commit deep."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy2(PROJECT_ROOT / name, repo / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(
+            PROJECT_ROOT / name,
+            repo / name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache"),
+        )
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "tests@ptb-lm.invalid")
+    git(repo, "config", "user.name", "ptb-lm tests")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "project under test")
+    return repo
+
+
+@pytest.fixture
+def shared_archive() -> Path:
+    if not SHARED_ARCHIVE.is_file():
+        pytest.fail(f"the shared PTB archive is missing at {SHARED_ARCHIVE}; set PTBLM_TEST_ARCHIVE")
+    return SHARED_ARCHIVE
