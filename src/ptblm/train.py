@@ -279,6 +279,11 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train `config` for max_max_epoch epochs, resuming from `checkpoint_path` if it fits."""
+    if len(corpus.vocab) > config.vocab_size:
+        raise TrainingError(
+            f"params: models.{config_name}.vocab_size = {config.vocab_size} is smaller than the "
+            f"prepared vocabulary ({len(corpus.vocab)} words); set it to {len(corpus.vocab)}"
+        )
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     device = resolve_device(settings.device)
