@@ -83,7 +83,8 @@ def extract_ptb(
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         if isinstance(exc, FileNotFoundError) and not Path(archive).exists():
             raise ArchiveError(f"{archive}: not found; run the fetch stage first") from None
+        reason = " ".join(str(exc).split())  # tarfile.open lists one line per compression
         raise ArchiveError(
-            f"{archive}: corrupt or truncated archive ({exc}); delete it and fetch again"
+            f"{archive}: corrupt or truncated archive ({reason}); delete it and fetch again"
         ) from None
     return found
