@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import time
 import urllib.error
@@ -81,7 +82,7 @@ def fetch_archive(
                 with atomic_path(dest) as tmp:
                     _fetch_once(source, tmp, timeout_s)
                 return source
-            except (OSError, urllib.error.URLError, ValueError) as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or exc
                 if attempt == tries:
                     failures.append(f"{source} ({reason})")
