@@ -232,6 +232,9 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
         raise ConfigError(
             f"params: {path} not found; run from the project root or pass --params"
         ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"params: cannot read {path} ({reason}); pass a YAML file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
