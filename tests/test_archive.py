@@ -127,9 +127,10 @@ def test_corrupt_gzip(tmp_path: Path) -> None:
     assert_refused(archive, tmp_path, str(archive), "corrupt or truncated")
 
 
-def test_not_an_archive(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [b"", b"<html>404 not found</html>\n"], ids=["empty", "html"])
+def test_not_an_archive(tmp_path: Path, content: bytes) -> None:
     archive = tmp_path / "page.tgz"
-    archive.write_text("<html>404 not found</html>\n")
+    archive.write_bytes(content)
     assert_refused(archive, tmp_path, str(archive), "corrupt or truncated", checksums=PTB_MD5)
 
 
