@@ -1,0 +1,256 @@
+"""`.ci/run` and the metrics layout it relies on: one committed folder per config, so a CI run
+of the `test` config diffs against the committed metrics/test/ and leaves other configs alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import git, run, tool_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CI_RUN = ROOT / ".ci" / "run"
+README_TEST_CMD = (
+    "python3 -m venv .venv && . .venv/bin/activate && "
+    "pip install torch==2.13.0 -e '.[dev]' && pytest"
+)
+
+
+def load_ci_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"ci_{name}", ROOT / ".ci" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_metrics = load_ci_module("check_metrics")
+
+
+# --- .ci/run ------------------------------------------------------------------------------
+
+
+def ci_run_text() -> str:
+    return CI_RUN.read_text(encoding="utf-8")
+
+
+def test_ci_run_is_strict_bash():
+    text = ci_run_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    subprocess.run(["bash", "-n", str(CI_RUN)], check=True)
+
+
+def test_ci_run_has_the_readme_test_command_in_one_variable():
+    text = ci_run_text()
+    definitions = re.findall(r'^README_TEST_CMD="(.*)"$', text, flags=re.M)
+    assert definitions == [README_TEST_CMD]
+    assert text.count(README_TEST_CMD) == 1
+    assert 'eval "$README_TEST_CMD" || rc=$?' in text
+    assert '"$rc" -eq 5' in text  # pytest's "no tests collected" is a failure
+
+
+def test_readme_quick_start_has_the_test_command_verbatim():
+    readme = ROOT / "README.md"
+    assert readme.is_file(), "README.md is missing: its quick start must hold the test command"
+    lines = [line.strip() for line in readme.read_text(encoding="utf-8").splitlines()]
+    assert README_TEST_CMD in lines, (
+        f"README.md's quick start must contain this line verbatim (as .ci/run runs it):\n"
+        f"    {README_TEST_CMD}"
+    )
+
+
+def test_ci_run_sequence():
+    text = ci_run_text()
+    order = [
+        "python3 .ci/check_metrics.py --rev HEAD",
+        'eval "$README_TEST_CMD"',
+        "ruff check .",
+        "dvc exp run -S model=test",
+        "dvc repro --force --single-item train evaluate",
+        "python .ci/report.py --base HEAD",
+    ]
+    positions = [text.index(step) for step in order]
+    assert positions == sorted(positions)
+    assert 'PTBLM_DATA_SOURCE="${PTBLM_DATA_SOURCE:-../shared/data/simple-examples.tgz}"' in text
+    assert 'echo "== phase: $PHASE took $took s"' in text
+    assert "rm -rf .venv" in text  # CI=true: a fresh venv, installs from scratch
+
+
+# --- metrics layout -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dvc_yaml() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def configs() -> set[str]:
+    return set(yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["models"])
+
+
+def stage_metric_paths(dvc_yaml: dict) -> list[str]:
+    return [
+        next(iter(m)) if isinstance(m, dict) else m
+        for stage in dvc_yaml["stages"].values()
+        for m in stage.get("metrics", [])
+    ]
+
+
+def test_one_metrics_folder_per_config(dvc_yaml, configs):
+    assert "metrics/${model}/train.json" in stage_metric_paths(dvc_yaml)
+    assert "metrics/${model}/eval.json" in stage_metric_paths(dvc_yaml)
+    listed = dvc_yaml["metrics"]
+    folders = set()
+    for path in listed:
+        match = re.fullmatch(r"metrics/([a-z]+)/(train|eval)\.json", path)
+        assert match, f"top-level metric {path} is not metrics/<config>/(train|eval).json"
+        assert match[1] in configs
+        folders.add(match[1])
+    for config in folders:  # both files of every listed config
+        assert {f"metrics/{config}/train.json", f"metrics/{config}/eval.json"} <= set(listed)
+    assert "test" in folders
+
+
+def test_speed_is_not_a_dvc_metric(dvc_yaml):
+    # Timings change every run; as metrics they would make an unchanged model show a diff.
+    text = (ROOT / "dvc.yaml").read_text(encoding="utf-8")
+    assert "speed.json" not in " ".join(stage_metric_paths(dvc_yaml) + dvc_yaml["metrics"])
+    assert "metrics/${model}/speed.json" in text
+
+
+def test_committed_metric_files_are_well_formed():
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout with commits")
+    assert check_metrics.main(["--rev", "HEAD", "--root", str(ROOT)]) == 0
+
+
+# --- .ci/check_metrics.py -----------------------------------------------------------------
+
+GOOD_TRAIN = {
+    "config": "test",
+    "train_perplexity": 635.7,
+    "valid_perplexity": 500.6,
+    "epochs": 1,
+    "device": "cpu",
+}
+GOOD_EVAL = {"config": "test", "test_perplexity": 476.3, "valid_perplexity": 500.6}
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "expected"),
+    [
+        ("metrics/test/train.json", GOOD_TRAIN, None),
+        ("metrics/test/eval.json", GOOD_EVAL, None),
+        ("metrics/prepare.json", {"vocab_size": 10000}, None),
+        ("metrics/test/train.json", "{not json", "not valid JSON"),
+        ("metrics/test/eval.json", [1, 2], "not a JSON object"),
+        ("metrics/test/eval.json", {**GOOD_EVAL, "test_perplexity": "476"}, "not a number"),
+        ("metrics/test/eval.json", {**GOOD_EVAL, "test_perplexity": True}, "not a number"),
+        ("metrics/test/eval.json", {**GOOD_EVAL, "test_perplexity": 0.5}, "finite perplexity"),
+        ("metrics/test/eval.json", {"config": "test", "valid_perplexity": 9}, "missing"),
+        ("metrics/small/train.json", GOOD_TRAIN, "'config' is 'test'"),
+    ],
+)
+def test_metric_file_problems(path, data, expected):
+    text = data if isinstance(data, str) else json.dumps(data)
+    found = check_metrics.problems(path, text)
+    if expected is None:
+        assert found == []
+    else:
+        assert any(expected in p for p in found), found
+
+
+def test_nan_perplexity_is_malformed():
+    found = check_metrics.problems("metrics/test/eval.json", '{"test_perplexity": NaN}')
+    assert any("finite" in p for p in found)
+
+
+def metrics_repo(tmp_path: Path, files: dict[str, str]) -> Path:
+    repo = tmp_path / "repo"
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text, encoding="utf-8")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "tests@ptb-lm.invalid")
+    git(repo, "config", "user.name", "ptb-lm tests")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "metrics")
+    return repo
+
+
+def test_check_metrics_fails_naming_the_malformed_committed_file(tmp_path):
+    repo = metrics_repo(
+        tmp_path,
+        {
+            "dvc.yaml": "metrics:\n  - metrics/test/train.json\n  - metrics/test/eval.json\n",
+            "metrics/test/train.json": json.dumps(GOOD_TRAIN),
+            "metrics/test/eval.json": '{"test_perplexity": ',
+        },
+    )
+    script = ROOT / ".ci" / "check_metrics.py"
+    result = run([sys.executable, str(script)], repo, check=False)
+    assert result.returncode == 1
+    assert "malformed metric file metrics/test/eval.json" in result.stderr
+    # The workspace copy being fixed does not hide the committed breakage.
+    (repo / "metrics/test/eval.json").write_text(json.dumps(GOOD_EVAL), encoding="utf-8")
+    assert run([sys.executable, str(script)], repo, check=False).returncode == 1
+    assert run([sys.executable, str(script), "--workspace"], repo).returncode == 0
+
+
+# --- what a diff shows ----------------------------------------------------------------------
+
+
+def report(repo: Path) -> str:
+    result = run(
+        [sys.executable, str(ROOT / ".ci" / "report.py"), "--base", "HEAD", "--out", "out"],
+        repo,
+        env=tool_env(),
+    )
+    return result.stdout
+
+
+def test_diff_shows_exactly_what_moved(tmp_path):
+    """Unchanged metrics diff clean; a changed test config shows only its own rows."""
+    small_train = {**GOOD_TRAIN, "config": "small", "train_perplexity": 40.5}
+    small_eval = {**GOOD_EVAL, "config": "small", "test_perplexity": 114.2}
+    repo = metrics_repo(
+        tmp_path,
+        {
+            "dvc.yaml": "metrics:\n"
+            + "".join(
+                f"  - metrics/{c}/{f}.json\n" for c in ("small", "test") for f in ("train", "eval")
+            ),
+            "metrics/small/train.json": json.dumps(small_train),
+            "metrics/small/eval.json": json.dumps(small_eval),
+            "metrics/test/train.json": json.dumps(GOOD_TRAIN),
+            "metrics/test/eval.json": json.dumps(GOOD_EVAL),
+        },
+    )
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env=tool_env())
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "dvc init")
+
+    # Rewritten byte-identically, as a deterministic CPU re-run does: nothing to show.
+    (repo / "metrics/test/eval.json").write_text(json.dumps(GOOD_EVAL), encoding="utf-8")
+    out = report(repo)
+    assert "No metric changed" in out
+    diff = run(
+        [sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--md"], repo, env=tool_env()
+    )
+    assert [line for line in diff.stdout.splitlines() if line.startswith("| metrics/")] == []
+
+    moved = {**GOOD_EVAL, "test_perplexity": 470.0}
+    (repo / "metrics/test/eval.json").write_text(json.dumps(moved), encoding="utf-8")
+    out = report(repo)
+    rows = [line for line in out.splitlines() if line.startswith("| metrics/")]
+    assert len(rows) == 1, out
+    assert rows[0].split("|")[1].strip() == "metrics/test/eval.json"
+    assert "test_perplexity" in rows[0] and "476.3" in rows[0] and "470" in rows[0]
+    assert (repo / "out" / "report.md").read_text(encoding="utf-8") in out + "\n"
