@@ -7,6 +7,7 @@ runs on a machine that has nothing but torch.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import statistics
 import time
@@ -26,6 +27,7 @@ from .model import PTBModel, State, detach
 
 CHECKPOINT_FORMAT = 1
 MODEL_FORMAT = 1
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 class TrainingError(PtblmError):
@@ -46,6 +48,21 @@ def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def keep_freed_memory() -> None:
+    """Keep the large per-step buffers (the [tokens, vocab] logits) inside the process.
+
+    glibc otherwise hands them back to the OS (mmap, heap trimming) and every CPU step
+    page-faults them in again: on the small config ~1,300-3,300 page faults and 3-5 ms of
+    system time per step, against ~0.1 ms with these settings. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling; larger values are refused
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def learning_rate(config: ModelConfig, epoch: int) -> float:
@@ -309,6 +326,7 @@ def train(
         )
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
+    keep_freed_memory()
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     model = PTBModel(config).to(device)
