@@ -1,0 +1,543 @@
+"""Training and evaluation speed of ptblm, measured side by side with a plain PyTorch loop.
+
+Every ratio comes from one process: the candidates (the plain loop, ours in fp32,
+ours in bf16) run interleaved, round after round, and each reports the median of
+its rounds, so a noisy or shared machine slows them alike. "Ours" calls the
+library's own `train_step` and `evaluate_split`, so it measures what users run.
+
+    python benchmarks/bench.py                      # CPU: small config, fp32 + bf16
+    python benchmarks/bench.py --device cuda --configs small,medium,large
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import multiprocessing
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import click
+import torch
+import torch.nn.functional as F
+
+from ptblm.config import CONFIG_NAMES, PRECISIONS, ModelConfig, load_params
+from ptblm.data import batchify, epoch_size, load_corpus
+from ptblm.model import PTBModel, detach
+from ptblm.train import evaluate_split, keep_freed_memory, resolve_device, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+PREPARED = ROOT / "data" / "prepared"
+TRAIN_TOKENS = 929_589  # reference.md: the train split, so epoch times are for the real epoch
+PLAIN = "plain fp32"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every candidate trains on and scores: the same tokens, on one device."""
+
+    device: torch.device
+    train_ids: torch.Tensor
+    eval_ids: torch.Tensor
+    source: str  # "PTB" or "synthetic"
+
+
+def load_workload(device: torch.device, vocab_size: int, seed: int) -> Workload:
+    """Real PTB ids when data/prepared exists (they set the softmax's input), else uniform ids."""
+    if (PREPARED / "train.npy").exists():
+        corpus = load_corpus(PREPARED)
+        return Workload(device, corpus.splits["train"], corpus.splits["test"], "PTB")
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(vocab_size, (TRAIN_TOKENS,), generator=generator)
+    return Workload(device, ids, ids[:82_430], "synthetic (uniform ids)")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def windows(data: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) windows in order, wrapping around, for as many steps as asked."""
+    steps = (data.size(1) - 1) // num_steps
+    i = 0
+    while True:
+        start = (i % steps) * num_steps
+        yield data[:, start : start + num_steps], data[:, start + 1 : start + num_steps + 1]
+        i += 1
+
+
+# --- the two training loops ---------------------------------------------------------------
+
+
+class Trainer:
+    """Runs `steps` training steps of one candidate and says how long they took."""
+
+    def __init__(self, name: str, config: ModelConfig, work: Workload, seed: int):
+        self.name = name
+        self.config = config
+        self.device = work.device
+        torch.manual_seed(seed)
+        self.model = PTBModel(config).to(work.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.data = batchify(work.train_ids, config.batch_size).to(work.device)
+        self.batches = windows(self.data, config.num_steps)
+        self.state = self.model.zero_state(config.batch_size, work.device)
+        self.costs: list[float] = []  # per-step costs, read back after timing
+        self.model.train()
+        if name == PLAIN:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.learning_rate)
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=config.learning_rate, foreach=True
+            )
+
+    @property
+    def precision(self) -> str:
+        return self.name.split()[-1]
+
+    def run(self, steps: int) -> float:
+        """Seconds for `steps` steps, synchronized at both ends."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        step = self.plain_step if self.name == PLAIN else self.fast_step
+        costs = [step(*next(self.batches)) for _ in range(steps)]
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.costs += [float(c) for c in costs]
+        return seconds
+
+    def fast_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cost, self.state = train_step(
+            self.model,
+            x,
+            y,
+            self.state,
+            self.optimizer,
+            self.params,
+            self.config.max_grad_norm,
+            self.precision,
+        )
+        return cost
+
+    def plain_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """The loop most people write: logits, mean CE * num_steps, clip_grad_norm_, .item()."""
+        logits, state = self.model(x, self.state)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) * x.size(1)
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.state = detach(state)
+        return loss.item()
+
+
+def plain_evaluate(model: PTBModel, ids: torch.Tensor, device: torch.device) -> float:
+    """The tutorial's test loop as usually written: batch 1, num_steps 1, .item() per word."""
+    model.eval()
+    data = ids.to(device)[None]
+    state = model.zero_state(1, device)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(data.size(1) - 1):
+            logits, state = model(data[:, i : i + 1], state)
+            total += F.cross_entropy(logits[0], data[0, i + 1 : i + 2]).item()
+    return math.exp(total / (data.size(1) - 1))
+
+
+# --- measurements -----------------------------------------------------------------------
+
+
+def measure_training(
+    config: ModelConfig,
+    work: Workload,
+    names: list[str],
+    warmup: int,
+    steps: int,
+    rounds: int,
+    seed: int,
+) -> dict[str, dict]:
+    """Median words/s over interleaved rounds, each candidate on its own model and data."""
+    trainers = [Trainer(name, config, work, seed) for name in names]
+    for trainer in trainers:
+        trainer.run(warmup)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for trainer in trainers:
+            seconds[trainer.name].append(trainer.run(steps))
+    words = steps * config.batch_size * config.num_steps
+    epoch_words = epoch_size(TRAIN_TOKENS, config.batch_size, config.num_steps) * (
+        config.batch_size * config.num_steps
+    )
+    results = {}
+    for trainer in trainers:
+        rates = [words / s for s in seconds[trainer.name]]
+        rate = statistics.median(rates)
+        results[trainer.name] = {
+            "train_words_per_sec": round(rate, 1),
+            "train_words_per_sec_rounds": [round(r, 1) for r in rates],
+            "epoch_time_s_derived": round(epoch_words / rate, 2),
+            "final_cost": trainer.costs[-1],
+        }
+    return results
+
+
+def measure_evaluation(
+    config: ModelConfig, work: Workload, names: list[str], ours_words: int, plain_words: int
+) -> dict[str, float]:
+    """Words/s scoring test tokens at batch size 1 (ours: `evaluate_split`, as `evaluate` runs)."""
+    model = PTBModel(config).to(work.device)
+    rates = {}
+    for name in names:
+        if name == PLAIN:
+            plain_evaluate(model, work.eval_ids[:20], work.device)  # warm-up
+            synchronize(work.device)
+            start = time.perf_counter()
+            plain_evaluate(model, work.eval_ids[: plain_words + 1], work.device)
+            synchronize(work.device)
+            rates[name] = round(plain_words / (time.perf_counter() - start), 1)
+        else:
+            precision = name.split()[-1]
+            evaluate_split(model, work.eval_ids[:2002], 1, work.device, precision)  # warm-up
+            ids = work.eval_ids[: ours_words + 1]
+            result = evaluate_split(model, ids, 1, work.device, precision)
+            rates[name] = round(result.words_per_sec, 1)
+    return rates
+
+
+def _peak_memory_child(config: ModelConfig, name: str, device: str, seed: int, queue) -> None:
+    keep_freed_memory()
+    work = load_workload(torch.device(device), config.vocab_size, seed)
+    Trainer(name, config, work, seed).run(3)
+    # VmHWM, not ru_maxrss: the latter starts at the parent's RSS (kept across fork + exec)
+    status = Path("/proc/self/status").read_text().splitlines()
+    queue.put(next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024)
+
+
+def measure_peak_memory(config: ModelConfig, work: Workload, name: str, seed: int) -> dict:
+    """CUDA: max allocated over a few steps. CPU: the peak RSS of a fresh process doing the same
+    (RSS peaks cannot be told apart inside one process)."""
+    if work.device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(work.device)
+        Trainer(name, config, work, seed).run(3)
+        return {
+            "peak_memory_mib": round(torch.cuda.max_memory_allocated(work.device) / 2**20, 1),
+            "peak_memory_kind": "CUDA max allocated",
+        }
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    args = (config, name, str(work.device), seed, queue)
+    child = context.Process(target=_peak_memory_child, args=args)
+    child.start()
+    peak = queue.get()
+    child.join()
+    return {"peak_memory_mib": round(peak, 1), "peak_memory_kind": "process peak RSS"}
+
+
+def check_trajectory(
+    config: ModelConfig, work: Workload, precisions: list[str], steps: int, seed: int
+) -> dict:
+    """Ours and the plain loop from one seed on the same batches: fp32 per-step costs agree
+    within float tolerance; bf16's difference is reported, not judged (it rounds)."""
+    names = [PLAIN] + [f"ours {p}" for p in precisions]
+    costs = {}
+    for name in names:
+        trainer = Trainer(name, config, work, seed)
+        torch.manual_seed(seed)  # the same dropout masks in all
+        trainer.run(steps)
+        costs[name] = trainer.costs
+    plain = costs[PLAIN]
+    check: dict = {"steps": steps, "perplexity_plain": _perplexity(plain, config)}
+    for name in names[1:]:
+        rel = max(abs(a - b) / abs(a) for a, b in zip(plain, costs[name], strict=True))
+        check[name] = {"max_rel_cost_diff": rel, "perplexity": _perplexity(costs[name], config)}
+    if "ours fp32" in check:
+        check["ok"] = check["ours fp32"]["max_rel_cost_diff"] < 1e-4
+    return check
+
+
+def _perplexity(costs: list[float], config: ModelConfig) -> float:
+    return math.exp(sum(costs) / (len(costs) * config.num_steps))
+
+
+def measure_scaling(
+    base: ModelConfig,
+    work: Workload,
+    steps: int,
+    hidden_sizes: list[int],
+    batches: list[int],
+    seed: int,
+) -> list[dict]:
+    """Time per (derived) epoch of ours, fp32, as hidden size and batch size grow."""
+    rows = []
+    cases = [("hidden_size", h) for h in hidden_sizes] + [("batch_size", b) for b in batches]
+    for key, value in cases:
+        config = replace(base, **{key: value})
+        result = measure_training(config, work, ["ours fp32"], 1, steps, 1, seed)["ours fp32"]
+        rows.append(
+            {
+                "vary": key,
+                "hidden_size": config.hidden_size,
+                "batch_size": config.batch_size,
+                **result,
+            }
+        )
+        click.echo(
+            f"  scaling {key}={value}: {result['train_words_per_sec']:,.0f} words/s, "
+            f"epoch {result['epoch_time_s_derived']:.1f} s"
+        )
+    return rows
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": name or platform.machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        # cuDNN's LSTM may use TF32 on Ampere and newer when cudnn.allow_tf32 is on (the default)
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cpu_count": multiprocessing.cpu_count(),
+        "commit": commit + ("-dirty" if dirty else ""),
+        "command": " ".join(sys.argv),
+    }
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [
+        f"# ptblm benchmark: {env['device_name']} ({env['device']})",
+        "",
+        f"{env['date']}, torch {env['torch']}, {env['threads']} threads, commit {env['commit']}, "
+        f"data: {report['data']}. Note: {report['note'] or '-'}",
+        "",
+        f"Command: `{env['command']}`",
+        "",
+        "Training words/s is the median of interleaved rounds (synchronized); epoch time is "
+        "derived (epoch words / words/s). Eval: test tokens at batch size 1.",
+        "",
+        "| config | candidate | train words/s | × plain | epoch (s, derived) | eval words/s "
+        "| peak memory (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["results"]:
+        lines.append(
+            f"| {row['config']} | {row['candidate']} | {row['train_words_per_sec']:,.0f} | "
+            f"{row['speedup_vs_plain']:.2f} | {row['epoch_time_s_derived']:.1f} | "
+            f"{row['eval_words_per_sec']:,.0f} | {row.get('peak_memory_mib', float('nan')):.0f} |"
+        )
+    for config, check in report["trajectory"].items():
+        lines += [
+            "",
+            f"Trajectory check ({config}, {check['steps']} training steps from one seed on the "
+            f"same batches): plain perplexity {check['perplexity_plain']:.4f}",
+        ]
+        for name, value in check.items():
+            if name.startswith("ours"):
+                lines.append(
+                    f"- {name}: perplexity {value['perplexity']:.4f}, max relative per-step "
+                    f"cost difference {value['max_rel_cost_diff']:.2e}"
+                )
+        if "ok" in check:
+            lines.append(f"- fp32 within float tolerance (1e-4): {'OK' if check['ok'] else 'NO'}")
+    if report["scaling"]:
+        lines += [
+            "",
+            "## Scaling (ours, fp32; others as the small config)",
+            "",
+            "| hidden | batch | words/s | epoch (s, derived) |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['hidden_size']} | {r['batch_size']} | {r['train_words_per_sec']:,.0f} | "
+            f"{r['epoch_time_s_derived']:.1f} |"
+            for r in report["scaling"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
+    for ax, key in zip(axes, ("hidden_size", "batch_size"), strict=True):
+        picked = [r for r in rows if r["vary"] == key]
+        ax.plot([r[key] for r in picked], [r["epoch_time_s_derived"] for r in picked], "o-")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(key.replace("_", " "))
+        ax.set_ylabel("time per epoch (s, derived)")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _list(kind: Callable[[str], object]) -> Callable:
+    return lambda ctx, param, value: [kind(v) for v in value.split(",") if v]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--configs",
+    default="small",
+    show_default=True,
+    callback=_list(str),
+    help=f"Comma-separated configs from params.yaml ({', '.join(CONFIG_NAMES)}).",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--precisions",
+    default="fp32,bf16",
+    show_default=True,
+    callback=_list(str),
+    help=f"Precisions of ours to measure ({', '.join(PRECISIONS)}); plain is fp32.",
+)
+@click.option("--warmup", default=5, show_default=True, help="Untimed steps per candidate.")
+@click.option("--steps", default=20, show_default=True, help="Timed steps per round.")
+@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds (median).")
+@click.option(
+    "--eval-words",
+    default=20_000,
+    show_default=True,
+    help="Test tokens ours scores at batch 1 (plain: a tenth of them).",
+)
+@click.option(
+    "--trajectory-steps",
+    default=20,
+    show_default=True,
+    help="Steps of the ours-vs-plain trajectory check (0: skip).",
+)
+@click.option(
+    "--scaling/--no-scaling",
+    default=True,
+    show_default=True,
+    help="Time per epoch vs hidden size 200/650/1500 and batch size 20/64/256.",
+)
+@click.option("--scaling-steps", default=3, show_default=True)
+@click.option("--memory/--no-memory", default=True, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=ROOT / "benchmarks" / "results",
+    show_default=True,
+    help="Folder for <device>.json, <device>.md and the scaling PNG.",
+)
+@click.option("--note", default="", help="Free text saved with the results (e.g. 'contended').")
+@click.option("--seed", default=1234, show_default=True)
+def main(
+    configs: list[str],
+    device: str,
+    precisions: list[str],
+    warmup: int,
+    steps: int,
+    rounds: int,
+    eval_words: int,
+    trajectory_steps: int,
+    scaling: bool,
+    scaling_steps: int,
+    memory: bool,
+    threads: int,
+    out: Path,
+    note: str,
+    seed: int,
+) -> None:
+    """Measure ptblm's training and evaluation speed against a plain PyTorch loop."""
+    started = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()  # what `train` does; process-wide, so the plain loop gains from it too
+    params = load_params(ROOT / "params.yaml")
+    dev = resolve_device(device)
+    work = load_workload(dev, params.models["small"].vocab_size, seed)
+    names = [PLAIN] + [f"ours {p}" for p in precisions]
+    report: dict = {
+        "environment": environment(dev),
+        "data": work.source,
+        "note": note,
+        "results": [],
+        "trajectory": {},
+        "scaling": [],
+    }
+    for name in configs:
+        config = params.models[name]
+        click.echo(f"{name}: training ({rounds} rounds x {steps} steps, interleaved)")
+        trained = measure_training(config, work, names, warmup, steps, rounds, seed)
+        click.echo(f"{name}: evaluation at batch size 1")
+        evaluated = measure_evaluation(config, work, names, eval_words, eval_words // 10)
+        plain_rate = trained[PLAIN]["train_words_per_sec"]
+        for candidate in names:
+            row = {
+                "config": name,
+                "candidate": candidate,
+                **trained[candidate],
+                "speedup_vs_plain": round(
+                    trained[candidate]["train_words_per_sec"] / plain_rate, 3
+                ),
+                "eval_words_per_sec": evaluated[candidate],
+            }
+            if memory:
+                row.update(measure_peak_memory(config, work, candidate, seed))
+            report["results"].append(row)
+            click.echo(
+                f"  {candidate:12s} {row['train_words_per_sec']:>10,.0f} words/s "
+                f"x{row['speedup_vs_plain']:.2f}  epoch {row['epoch_time_s_derived']:7.1f} s"
+                f"  eval {row['eval_words_per_sec']:>9,.0f} words/s"
+            )
+        if trajectory_steps:
+            check = check_trajectory(config, work, precisions, trajectory_steps, seed)
+            report["trajectory"][name] = check
+            for candidate in names[1:]:
+                rel = check[candidate]["max_rel_cost_diff"]
+                click.echo(f"  trajectory {candidate}: max relative cost difference {rel:.2e}")
+    out.mkdir(parents=True, exist_ok=True)
+    if scaling:
+        click.echo("scaling (ours, fp32)")
+        report["scaling"] = measure_scaling(
+            params.models["small"], work, scaling_steps, [200, 650, 1500], [20, 64, 256], seed
+        )
+        plot_scaling(
+            report["scaling"],
+            out / f"scaling-{dev.type}.png",
+            f"ptblm time per epoch, {report['environment']['device_name']}",
+        )
+    report["environment"]["benchmark_seconds"] = round(time.perf_counter() - started, 1)
+    (out / f"{dev.type}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    text = markdown(report)
+    (out / f"{dev.type}.md").write_text(text, encoding="utf-8")
+    click.echo(text)
+
+
+if __name__ == "__main__":
+    main()
