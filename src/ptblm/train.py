@@ -162,13 +162,19 @@ def run_epoch(
             bar.update(1)
             if (step + 1) % refresh_every == 0 or step + 1 == steps:
                 _check_finite(step_costs, step + 1, epoch, desc)
-                bar.set_postfix(ppl=f"{math.exp(step_costs[: step + 1].sum().item() / iters):.2f}")
+                bar.set_postfix(ppl=f"{perplexity(step_costs[: step + 1].sum().item(), iters):.2f}")
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     total = step_costs.sum().item()
-    return EpochResult(math.exp(total / iters), iters * batch_size, seconds)
+    return EpochResult(perplexity(total, iters), iters * batch_size, seconds)
+
+
+def perplexity(total_cost: float, steps: int) -> float:
+    """exp(costs / iters), inf rather than OverflowError for a model gone wild."""
+    mean = total_cost / steps
+    return math.exp(mean) if mean < 709.0 else math.inf
 
 
 def _check_finite(step_costs: torch.Tensor, done: int, epoch: int, desc: str) -> None:
