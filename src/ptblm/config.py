@@ -17,7 +17,6 @@ import yaml
 from .errors import PtblmError
 
 DEFAULT_PARAMS = Path("params.yaml")
-CONFIG_NAMES = ("small", "medium", "large", "test")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 UNREACHABLE_POLICIES = ("fail", "continue")
