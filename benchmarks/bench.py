@@ -381,8 +381,11 @@ def markdown(report: dict) -> str:
 
 
 def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
+    try:  # last, and optional: a bare GPU machine may have torch but no matplotlib
+        import matplotlib
+    except ImportError:
+        click.echo(f"matplotlib is not installed: no {path.name}; the table has the numbers")
+        return
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
@@ -527,16 +530,17 @@ def main(
         report["scaling"] = measure_scaling(
             params.models["small"], work, scaling_steps, [200, 650, 1500], [20, 64, 256], seed
         )
-        plot_scaling(
-            report["scaling"],
-            out / f"scaling-{dev.type}.png",
-            f"ptblm time per epoch, {report['environment']['device_name']}",
-        )
     report["environment"]["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     (out / f"{dev.type}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     text = markdown(report)
     (out / f"{dev.type}.md").write_text(text, encoding="utf-8")
     click.echo(text)
+    if report["scaling"]:
+        plot_scaling(
+            report["scaling"],
+            out / f"scaling-{dev.type}.png",
+            f"ptblm time per epoch, {report['environment']['device_name']}",
+        )
 
 
 if __name__ == "__main__":
