@@ -6,7 +6,9 @@ import csv
 import functools
 import io
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,12 +17,16 @@ from .config import Params, load_params
 from .errors import PtblmError
 from .fsutil import write_json, write_text
 
+if TYPE_CHECKING:
+    from .train import TrainResult
+
 RAW_ARCHIVE = Path("data/raw/simple-examples.tgz")
 TEXT_DIR = Path("data/ptb")
 PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 CHECKPOINT_DIR = Path("checkpoints")
+RUN_FILE = "mlflow_run.json"  # models/<config>/: the MLflow run id train hands to evaluate
 
 params_option = click.option(
     "--params",
@@ -126,6 +132,44 @@ def _history_csv(history: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _run_params(params: Params) -> dict[str, Any]:
+    """Every value that can make two runs differ: the config's hyperparameters, the shared
+    settings, the evaluation batch size."""
+    shared = {f"train.{k}": v for k, v in asdict(params.train).items()}
+    return {
+        "config": params.model,
+        **asdict(params.config),
+        **shared,
+        "evaluate.batch_size": params.evaluate.batch_size,
+    }
+
+
+def _log_training(
+    tracker: tracking.NullTracker, result: TrainResult, out: Path, model_path: Path
+) -> None:
+    """End-of-training metrics, the epochs a resumed run did before this process (so its
+    curves are whole), the files worth comparing, and the model as a text scorer."""
+    for record in result.history[: result.resumed_from_epoch]:
+        tracker.log_epoch(record)
+    tracker.set_tags(
+        {
+            "resumed": bool(result.resumed_from_epoch),
+            "resumed_from_epoch": result.resumed_from_epoch,
+        }
+    )
+    tracker.log_metrics(
+        {
+            "final_train_perplexity": result.train_perplexity,
+            "final_valid_perplexity": result.valid_perplexity,
+            "mean_words_per_sec": result.words_per_sec,
+            "train_wall_time_s": result.wall_time_s,
+        }
+    )
+    names = ("train.json", "speed.json", "history.csv", "learning_curve.png")
+    tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *(out / n for n in names)])
+    tracker.log_model(model_path, PREPARED_DIR / "vocab.txt")
+
+
 @main.command(name="train")
 @params_option
 @model_option
@@ -146,9 +190,16 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
-    tracker = tracking.NullTracker()
+    enabled = params.tracking.enabled if tracking_on is None else tracking_on
+    tracker = (
+        tracking.open_tracker(params.tracking, tracking.run_name(name))
+        if enabled
+        else tracking.NullTracker()
+    )
     checkpoint = CHECKPOINT_DIR / name / "last.pt"
     try:
+        tracker.set_tags(tracking.run_tags(name, device.type, device_description(device)))
+        tracker.log_params(_run_params(params))
         result = train(name, config, params.train, corpus, checkpoint, on_epoch=tracker.log_epoch)
         out = METRICS_DIR / name
         save_model(MODELS_DIR / name / "model.pt", result.model, name, corpus)
@@ -177,6 +228,8 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
         )
         write_text(out / "history.csv", _history_csv(result.history))
         save_learning_curve(result.history, out / "learning_curve.png", f"PTB {name} config")
+        _log_training(tracker, result, out, MODELS_DIR / name / "model.pt")
+        tracker.write_run_file(MODELS_DIR / name / RUN_FILE)
     except BaseException:
         tracker.end(failed=True)
         raise
@@ -187,6 +240,14 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
         f"{result.valid_perplexity:.2f}, {result.words_per_sec:,.0f} words/s, "
         f"{result.wall_time_s:.1f} s"
     )
+
+
+def _evaluate_tracker(params: Params, run_file: Path) -> tracking.NullTracker:
+    """Reopen the run train opened, in the store train used; none if train tracked none."""
+    run = tracking.read_run_file(run_file)
+    if not run.get("run_id"):
+        return tracking.NullTracker()
+    return tracking.open_tracker(params.tracking, "", run_id=run["run_id"], uri=run["tracking_uri"])
 
 
 @main.command(name="evaluate")
@@ -203,26 +264,71 @@ def evaluate_command(params_path: Path, model_name: str | None) -> None:
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
     model = load_model(MODELS_DIR / name / "model.pt", name, params.config, corpus).to(device)
+    tracker = _evaluate_tracker(params, MODELS_DIR / name / RUN_FILE)
     batch = params.evaluate.batch_size
-    scores = {
-        split: evaluate_split(
-            model, corpus.splits[split], batch, device, params.train.precision, desc=split
+    try:
+        scores = {
+            split: evaluate_split(
+                model, corpus.splits[split], batch, device, params.train.precision, desc=split
+            )
+            for split in ("test", "valid")
+        }
+        eval_json = METRICS_DIR / name / "eval.json"
+        write_json(
+            eval_json,
+            {
+                "config": name,
+                "test_perplexity": round(scores["test"].perplexity, 4),
+                "valid_perplexity": round(scores["valid"].perplexity, 4),
+                "batch_size": batch,
+            },
         )
-        for split in ("test", "valid")
-    }
-    write_json(
-        METRICS_DIR / name / "eval.json",
-        {
-            "config": name,
-            "test_perplexity": round(scores["test"].perplexity, 4),
-            "valid_perplexity": round(scores["valid"].perplexity, 4),
-            "batch_size": batch,
-        },
-    )
+        tracker.log_metrics(
+            {
+                "test_perplexity": scores["test"].perplexity,
+                "eval_valid_perplexity": scores["valid"].perplexity,
+                "eval_words_per_sec": scores["test"].words_per_sec,
+                "total_wall_time_s": tracker.elapsed_s(),
+            }
+        )
+        tracker.log_artifacts([eval_json])
+    except BaseException:
+        tracker.end(failed=True)
+        raise
+    tracker.end()
     click.echo(
         f"{name}: test ppl {scores['test'].perplexity:.2f}, valid ppl "
         f"{scores['valid'].perplexity:.2f} ({scores['test'].words_per_sec:,.0f} words/s)"
     )
+
+
+@main.command()
+@params_option
+@click.option(
+    "--source",
+    type=click.Choice(["mlflow", "metrics"]),
+    default="mlflow",
+    show_default=True,
+    help="Every run in the MLflow store, or each config's committed results under metrics/.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table")
+@click.option("--output", type=click.Path(path_type=Path), help="Write here instead of stdout.")
+@fails_cleanly
+def compare(params_path: Path, source: str, fmt: str, output: Path | None) -> None:
+    """Runs side by side with the paper's and the tutorial's perplexities (pandas)."""
+    from .compare import from_metrics, from_mlflow, render, with_reference
+
+    settings = load_params(params_path).tracking
+    runs = (
+        from_mlflow(tracking.tracking_uri(settings), settings.experiment)
+        if source == "mlflow"
+        else from_metrics(METRICS_DIR)
+    )
+    text = render(with_reference(runs), fmt)
+    if output:
+        write_text(output, text)
+    else:
+        click.echo(text, nl=False)
 
 
 if __name__ == "__main__":

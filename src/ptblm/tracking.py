@@ -1,24 +1,261 @@
-"""Experiment tracking behind a small interface; mlflow is imported only when tracking is on."""
+"""Experiment tracking behind a small interface; mlflow is imported only when tracking is on.
+
+`train` opens one MLflow run and writes its id to models/<config>/mlflow_run.json (a DVC
+out); `evaluate` reopens that run, so one pipeline execution is one run in `mlflow ui`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from .config import TrackingParams
+from .errors import PtblmError
+from .fsutil import write_json
+
+EPOCH_METRICS = ("train_perplexity", "valid_perplexity", "lr", "words_per_sec", "epoch_time_s")
+SYSTEM_METRICS_INTERVAL_S = 10.0
+PROBE_TIMEOUT_S = 5.0
+SQLITE_RETRIES = 8
+T = TypeVar("T")
+
+
+class TrackingError(PtblmError):
+    """The tracking store cannot be used; the message says how to fix or skip it."""
+
+
+def project_root() -> Path:
+    """Where the default store lives: the parent repo for queued DVC experiments ($DVC_ROOT,
+    which DVC points there even though they run in temp copies), else the current dir."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri(settings: TrackingParams) -> str:
+    """$MLFLOW_TRACKING_URI, then params tracking.uri, then sqlite mlflow.db at the root."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or settings.uri
+        or f"sqlite:///{project_root() / 'mlflow.db'}"
+    )
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """The hand-off train wrote; a missing file means no tracked run (older outputs)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"run_id": None}
 
 
 class NullTracker:
     """Tracking switched off: every call does nothing, and mlflow is never imported."""
 
     run_id: str | None = None
+    uri: str | None = None
+    experiment: str | None = None
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
 
     def log_artifacts(self, paths: list[Path]) -> None:
         pass
 
+    def log_model(self, model_path: Path, vocab_path: Path) -> None:
+        pass
+
+    def elapsed_s(self) -> float | None:
+        return None
+
     def end(self, failed: bool = False) -> None:
         pass
+
+    def write_run_file(self, path: Path) -> None:
+        write_json(
+            path, {"run_id": self.run_id, "tracking_uri": self.uri, "experiment": self.experiment}
+        )
+
+
+class MlflowTracker(NullTracker):
+    """One MLflow run (opened or resumed), through the fluent API so system metrics work."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None):
+        import mlflow
+
+        self._mlflow = mlflow
+        self.uri, self.experiment = uri, experiment
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        with _store_lock(uri):
+            exp_id = self._retry(lambda: _experiment_id(mlflow, experiment))
+            run = self._retry(
+                lambda: mlflow.start_run(
+                    run_id=run_id,
+                    experiment_id=None if run_id else exp_id,
+                    run_name=None if run_id else run_name,
+                    log_system_metrics=True,
+                )
+            )
+        self.run_id = run.info.run_id
+        self._start_ms = run.info.start_time
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        """SQLite lets one writer in at a time; a concurrent run's write is waited out."""
+        for attempt in range(SQLITE_RETRIES):
+            try:
+                return call()
+            except Exception as exc:
+                if "locked" not in str(exc) or attempt == SQLITE_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        metrics = {k: float(record[k]) for k in EPOCH_METRICS}
+        self.log_metrics(metrics, step=int(record["epoch"]))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._retry(lambda: self._mlflow.log_params(params))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._retry(lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._retry(lambda: self._mlflow.log_metrics(metrics, step=step))
+
+    def log_artifacts(self, paths: list[Path]) -> None:
+        for path in paths:
+            self._retry(lambda p=path: self._mlflow.log_artifact(str(p)))
+
+    def log_model(self, model_path: Path, vocab_path: Path) -> None:
+        """A pyfunc that scores text (see ptblm.scoring), with ptblm's code bundled in."""
+        import torch
+
+        from .scoring import SentenceScorer
+
+        self._retry(
+            lambda: self._mlflow.pyfunc.log_model(
+                name="model",
+                python_model=SentenceScorer(),
+                artifacts={"model": str(model_path), "vocab": str(vocab_path)},
+                code_paths=[str(Path(__file__).parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas"],
+            )
+        )
+
+    def elapsed_s(self) -> float:
+        return time.time() - self._start_ms / 1000
+
+    def end(self, failed: bool = False) -> None:
+        self._retry(lambda: self._mlflow.end_run("FAILED" if failed else "FINISHED"))
+
+
+def _experiment_id(mlflow, name: str) -> str:
+    """Get or create; a concurrent creator that wins the race is not an error."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow.create_experiment(name)
+    except Exception:
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise opening a run on a local SQLite store: its first use creates the schema,
+    which two processes must not do at once."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _probe(uri: str) -> None:
+    """Fail in seconds, not after mlflow's minutes of retries, when a server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(f"tracking server {uri} is unreachable ({exc})") from None
+
+
+def open_tracker(
+    settings: TrackingParams, run_name: str, run_id: str | None = None, uri: str | None = None
+) -> NullTracker:
+    """An MLflow run, or per tracking.on_unreachable: an error before any work, or no tracking."""
+    uri = uri or tracking_uri(settings)
+    try:
+        _probe(uri)
+        return MlflowTracker(uri, settings.experiment, run_name, run_id)
+    except Exception as exc:
+        message = (
+            f"MLflow tracking store {uri} cannot be used: {exc}. Start it or fix "
+            "MLFLOW_TRACKING_URI / tracking.uri, set tracking.on_unreachable: continue to "
+            "train untracked, or pass --no-tracking"
+        )
+        if settings.on_unreachable == "fail":
+            raise TrackingError(message) from None
+        print(f"warning: {message}; continuing without tracking", file=sys.stderr)
+        return NullTracker()
+
+
+def run_name(config_name: str) -> str:
+    """The DVC experiment's name under `dvc exp run`, else config + UTC timestamp."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return os.environ.get("DVC_EXP_NAME") or f"{config_name}-{stamp}"
+
+
+def run_tags(config_name: str, device_type: str, device_name: str) -> dict[str, str]:
+    """What tells runs apart in the UI besides params: code, data baseline, hardware."""
+    import torch
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    tags = {
+        "config": config_name,
+        "git_commit": commit,
+        "device": device_type,
+        "device_name": device_name,
+        "torch_version": torch.__version__,
+    }
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
