@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test models are tiny: one thread each avoids oversubscribing the 2 cores CI has.
+torch.set_num_threads(1)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = Path(
@@ -34,8 +38,13 @@ def tool_env(repo: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
-        timeout: float = 900) -> subprocess.CompletedProcess:
+def run(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
         args, cwd=cwd, env=env or tool_env(cwd), capture_output=True, text=True, timeout=timeout
     )
@@ -47,8 +56,13 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bo
     return result
 
 
-def dvc(repo: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
-        timeout: float = 900) -> subprocess.CompletedProcess:
+def dvc(
+    repo: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], repo, env=env, check=check, timeout=timeout)
 
 
@@ -80,5 +94,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def shared_archive() -> Path:
     if not SHARED_ARCHIVE.is_file():
-        pytest.fail(f"the shared PTB archive is missing at {SHARED_ARCHIVE}; set PTBLM_TEST_ARCHIVE")
+        pytest.fail(
+            f"the shared PTB archive is missing at {SHARED_ARCHIVE}; set PTBLM_TEST_ARCHIVE"
+        )
     return SHARED_ARCHIVE

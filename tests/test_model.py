@@ -1,0 +1,199 @@
+"""The details of reference.md that change results: each test fails if one is wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ptblm.config import ModelConfig
+from ptblm.data import batchify
+from ptblm.model import LinearCrossEntropy, PTBModel, detach
+from ptblm.train import clip_by_global_norm_, evaluate_split, learning_rate, run_epoch
+
+TINY = ModelConfig(
+    init_scale=0.1,
+    learning_rate=1.0,
+    max_grad_norm=5.0,
+    num_layers=2,
+    num_steps=5,
+    hidden_size=8,
+    max_epoch=4,
+    max_max_epoch=13,
+    keep_prob=1.0,
+    lr_decay=0.5,
+    batch_size=3,
+    vocab_size=30,
+)
+SMALL = dataclasses.replace(TINY, num_steps=20, hidden_size=200, batch_size=20, vocab_size=10000)
+
+
+def ids(n: int, vocab: int = 30, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_init_uniform_in_scale_and_lstm_biases_zero():
+    torch.manual_seed(0)
+    model = PTBModel(dataclasses.replace(TINY, init_scale=0.05))
+    for name, param in model.named_parameters():
+        if name.startswith("lstm.bias"):
+            assert torch.count_nonzero(param) == 0, name
+        else:
+            assert param.abs().max() <= 0.05, name
+            assert param.abs().max() > 0.04, f"{name} does not span the init range"
+    assert model.softmax.weight.shape == (30, 8)  # softmax_w^T: no weight tying
+    assert model.softmax.weight.data_ptr() != model.embedding.weight.data_ptr()
+
+
+def test_dropout_on_embedding_between_layers_and_last_output_only():
+    model = PTBModel(dataclasses.replace(TINY, keep_prob=0.35))
+    assert model.dropout.p == pytest.approx(0.65)
+    assert model.lstm.dropout == pytest.approx(0.65)  # between stacked layers
+    calls = []
+    model.dropout.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    x = ids(15).view(3, 5)
+    model.train()
+    model.cost(x, x, model.zero_state(3))
+    # the embedding output and the last layer's output: [batch, steps, hidden] both
+    assert calls == [(3, 5, 8), (3, 5, 8)]
+    model.eval()
+    out1, _ = model(x, model.zero_state(3))
+    out2, _ = model(x, model.zero_state(3))
+    assert torch.equal(out1, out2), "no dropout when not training"
+
+
+def test_single_layer_model_has_no_inter_layer_dropout():
+    model = PTBModel(dataclasses.replace(TINY, num_layers=1, keep_prob=0.5))
+    assert model.lstm.dropout == 0.0
+
+
+def test_cost_is_sum_over_steps_of_batch_mean_cross_entropy():
+    torch.manual_seed(0)
+    model = PTBModel(TINY).eval()
+    x, y = ids(15, seed=1).view(3, 5), ids(15, seed=2).view(3, 5)
+    cost, _ = model.cost(x, y, model.zero_state(3))
+    logits, _ = model(x, model.zero_state(3))
+    per_token = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(3, 5)
+    assert cost.item() == pytest.approx(per_token.mean(dim=0).sum().item(), rel=1e-6)
+    # i.e. num_steps times the mean: the gradient the tutorial's lr=1.0 is tuned for
+    assert cost.item() == pytest.approx(5 * per_token.mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_linear_cross_entropy_matches_autograd(dtype):
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(40, 16, dtype=dtype, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=dtype, generator=gen, requires_grad=True)
+    bias = torch.randn(50, dtype=dtype, generator=gen, requires_grad=True)
+    target = torch.randint(0, 50, (40,), generator=gen)
+    fused = LinearCrossEntropy.apply(hidden, weight, bias, target)
+    fused_grads = torch.autograd.grad(fused * 0.7, [hidden, weight, bias])
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), target, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.7, [hidden, weight, bias])
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert fused.item() == pytest.approx(ref.item(), rel=tol)
+    for got, want in zip(fused_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_clip_by_global_norm_is_tf_formula():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    params[0].grad = torch.tensor([3.0, 0.0, 0.0])
+    params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])
+    norm = clip_by_global_norm_(params, max_norm=1.0)  # global norm 5 over all parameters
+    assert norm.item() == pytest.approx(5.0)
+    assert params[0].grad.tolist() == pytest.approx([0.6, 0.0, 0.0])
+    assert params[1].grad[0, 1].item() == pytest.approx(0.8)
+    clip_by_global_norm_(params, max_norm=10.0)  # under the limit: untouched
+    assert params[0].grad.tolist() == pytest.approx([0.6, 0.0, 0.0])
+
+
+def test_learning_rate_schedule():
+    small = SMALL
+    assert [learning_rate(small, e) for e in (1, 4, 5, 6, 13)] == [1, 1, 0.5, 0.25, 0.5**9]
+    large = dataclasses.replace(small, max_epoch=14, lr_decay=1 / 1.15)
+    assert learning_rate(large, 15) == pytest.approx(1 / 1.15)
+    assert learning_rate(large, 55) == pytest.approx(1.15**-41)
+
+
+def test_state_is_carried_across_batches_and_zeroed_each_epoch():
+    torch.manual_seed(0)
+    model = PTBModel(dataclasses.replace(TINY, init_scale=1.0))  # so the state matters
+    data = batchify(ids(3 * 41), 3)  # batch_len 41: 40 predictions per row
+    long_windows = run_epoch(model, data, 20)
+    short_windows = run_epoch(model, data, 5)
+    # same tokens scored: carrying state makes the window length irrelevant
+    assert short_windows.perplexity == pytest.approx(long_windows.perplexity, rel=1e-5)
+    assert run_epoch(model, data, 5).perplexity == short_windows.perplexity  # fresh zero state
+
+    # without carrying state, the numbers would differ
+    fresh = []
+    for start in range(0, 40, 5):
+        cost, _ = model.cost(
+            data[:, start : start + 5], data[:, start + 1 : start + 6], model.zero_state(3)
+        )
+        fresh.append(cost.item())
+    assert math.exp(sum(fresh) / 40) != pytest.approx(short_windows.perplexity, rel=1e-3)
+
+
+def test_training_detaches_state_between_batches():
+    torch.manual_seed(0)
+    model = PTBModel(TINY)
+    state = model.zero_state(3)
+    x = ids(15).view(3, 5)
+    cost, state = model.cost(x, x, state)
+    cost.backward()
+    assert state[0].requires_grad  # the graph reaches back into this batch...
+    cost, _ = model.cost(x, x, detach(state))
+    cost.backward()  # ...and after detach the next backward does not walk into it
+
+
+def test_perplexity_is_exp_of_cost_over_steps():
+    torch.manual_seed(0)
+    model = PTBModel(TINY)
+    data = batchify(ids(3 * 11), 3)  # two windows of 5 steps
+    result = run_epoch(model, data, 5)
+    state, costs = model.zero_state(3), 0.0
+    with torch.no_grad():
+        for start in (0, 5):
+            cost, state = model.cost(
+                data[:, start : start + 5], data[:, start + 1 : start + 6], state
+            )
+            costs += cost.item()
+    assert result.perplexity == pytest.approx(math.exp(costs / 10), rel=1e-6)
+    assert result.words == 30
+
+
+def test_fast_test_evaluation_equals_literal_num_steps_one():
+    torch.manual_seed(0)
+    model = PTBModel(TINY)
+    test_ids = ids(1203, seed=5)
+    literal = run_epoch(model, batchify(test_ids, 1), 1)  # the tutorial: batch 1, num_steps 1
+    fast = evaluate_split(model, test_ids, 1, torch.device("cpu"))
+    assert fast.words == literal.words == 1202  # every token but the first is predicted
+    assert fast.perplexity == pytest.approx(literal.perplexity, rel=1e-5)
+
+
+def test_sgd_step_uses_the_summed_cost_gradient():
+    """One training step of run_epoch equals a hand-written TF step: clip, then p -= lr * g."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, max_grad_norm=0.5)
+    model = PTBModel(config)
+    reference = PTBModel(config)
+    reference.load_state_dict(model.state_dict())
+    data = batchify(ids(3 * 6), 3)  # exactly one window of 5 steps
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.7)
+    run_epoch(model, data, 5, optimizer=optimizer, max_grad_norm=0.5)
+
+    logits, _ = reference(data[:, :5], reference.zero_state(3))
+    cost = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten()) * 5
+    grads = torch.autograd.grad(cost, list(reference.parameters()))
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    scale = 0.5 / max(norm.item(), 0.5)
+    for (name, p), p_ref, g in zip(
+        model.named_parameters(), reference.parameters(), grads, strict=True
+    ):
+        torch.testing.assert_close(p, p_ref - 0.7 * scale * g, rtol=1e-5, atol=1e-6, msg=name)
