@@ -1,0 +1,273 @@
+"""MLflow tracking against real stores: SQLite in a temp project, a real `mlflow server`,
+queued DVC experiments, and two processes writing one store at once."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import dvc, run, tool_env
+
+from ptblm.config import TrackingParams
+from ptblm.tracking import NullTracker, TrackingError, open_tracker
+
+# A faster variant of the `test` config (same tokens, 35 steps per window): 1 epoch in seconds.
+FAST = ("-S", "models.test.num_steps=35")
+EPOCH_METRICS = ("train_perplexity", "valid_perplexity", "lr", "words_per_sec", "epoch_time_s")
+SENTENCE = "the company said it expects to report a loss"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def select_test_model(repo: Path) -> None:
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("model: small", "model: test", 1))
+    run(["git", "commit", "-qam", "select the test config"], repo)
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def runs_of(uri: str) -> list:
+    store = client(uri)
+    experiment = store.get_experiment_by_name("ptb-lm")
+    assert experiment is not None, f"no ptb-lm experiment in {uri}"
+    return store.search_runs([experiment.experiment_id])
+
+
+# --- without a store -----------------------------------------------------------------------
+
+
+def test_no_tracking_never_imports_mlflow(tmp_path: Path) -> None:
+    """`train --no-tracking` runs up to training without mlflow in sys.modules."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import ptblm.data, ptblm.train
+        from ptblm import cli
+        from ptblm.errors import PtblmError
+
+        def stop(*args, **kwargs):
+            raise PtblmError(f"mlflow imported: {'mlflow' in sys.modules}")
+
+        ptblm.data.load_corpus = lambda path: None
+        ptblm.train.train = stop
+        cli.main(["train", "--no-tracking", "--model", "test", "--params", sys.argv[1]])
+        """
+    )
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(params)],
+        cwd=tmp_path,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert "mlflow imported: False" in result.stderr, result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_server_fails_fast_or_continues_when_asked() -> None:
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable.*on_unreachable: continue"):
+        open_tracker(TrackingParams(uri=uri), "run")
+    assert time.monotonic() - start < 10
+    tracker = open_tracker(TrackingParams(uri=uri, on_unreachable="continue"), "run")
+    assert type(tracker) is NullTracker
+
+
+# --- the default SQLite store ----------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: Path) -> None:
+    """One `dvc repro` of the test config: one run with everything the UI compares."""
+    select_test_model(project)
+    dvc(project, "repro", env=tool_env(project, PTBLM_DATA_SOURCE=str(shared_archive)))
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    (found,) = runs_of(uri)
+    run_id = found.info.run_id
+    assert json.loads((project / "models/test/mlflow_run.json").read_text())["run_id"] == run_id
+    assert found.info.status == "FINISHED"
+    assert found.info.run_name.startswith("test-")
+
+    params = found.data.params
+    for key in ("init_scale", "num_steps", "hidden_size", "keep_prob", "lr_decay", "max_epoch"):
+        assert key in params
+    assert params["config"] == "test" and params["num_steps"] == "2"
+    assert {"train.seed", "train.device", "train.precision", "evaluate.batch_size"} <= set(params)
+
+    tags = found.data.tags
+    assert tags["config"] == "test" and tags["device"] == "cpu" and tags["resumed"] == "False"
+    assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert tags["torch_version"] and tags["device_name"]
+
+    store = client(uri)
+    for key in EPOCH_METRICS:
+        assert [m.step for m in store.get_metric_history(run_id, key)] == [1], key
+    eval_json = json.loads((project / "metrics/test/eval.json").read_text())
+    metrics = found.data.metrics
+    assert metrics["test_perplexity"] == pytest.approx(eval_json["test_perplexity"], abs=1e-3)
+    assert metrics["total_wall_time_s"] > metrics["train_wall_time_s"] > 0
+    assert any(k.startswith("system/cpu") for k in metrics)
+
+    artifacts = {a.path for a in store.list_artifacts(run_id)}
+    names = ("vocab.txt", "train.json", "speed.json", "history.csv", "learning_curve.png")
+    assert {*names, "eval.json"} <= artifacts
+
+    import mlflow
+
+    from ptblm.config import load_params
+    from ptblm.data import load_corpus
+    from ptblm.scoring import sentence_perplexity
+    from ptblm.train import load_model
+
+    mlflow.set_tracking_uri(uri)
+    (logged,) = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict([SENTENCE])
+    corpus = load_corpus(project / "data/prepared")
+    config = load_params(project / "params.yaml").config
+    model = load_model(project / "models/test/model.pt", "test", config, corpus)
+    word_to_id = {w: i for i, w in enumerate(corpus.vocab)}
+    assert logged == pytest.approx(sentence_perplexity(model, word_to_id, SENTENCE), rel=1e-6)
+
+
+# --- a real tracking server ------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """`mlflow server` on a free loopback port with its own SQLite store and artifact dir."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "server-artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        env=tool_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((tmp_path / "server.log").read_text()) from None
+                time.sleep(1)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.e2e
+def test_experiment_run_lands_on_tracking_server(
+    project: Path, shared_archive: Path, mlflow_server: str
+) -> None:
+    select_test_model(project)
+    env = tool_env(
+        project, PTBLM_DATA_SOURCE=str(shared_archive), MLFLOW_TRACKING_URI=mlflow_server
+    )
+    dvc(project, "exp", "run", "-n", "on-server", *FAST, env=env)
+    (found,) = runs_of(mlflow_server)
+    assert found.info.run_name == "on-server"
+    assert found.data.tags["dvc_exp_name"] == "on-server"
+    assert "dvc_baseline_rev" in found.data.tags
+    assert found.data.params["num_steps"] == "35"
+    assert found.data.metrics["test_perplexity"] > 1
+    assert "learning_curve.png" in {
+        a.path for a in client(mlflow_server).list_artifacts(found.info.run_id)
+    }
+    assert not (project / "mlflow.db").exists()
+
+
+# --- queued experiments and concurrent writers -----------------------------------------------
+
+
+@pytest.mark.e2e
+def test_queued_experiments_land_in_root_store(project: Path, shared_archive: Path) -> None:
+    """Queued runs execute in temp copies; $DVC_ROOT brings both back to <root>/mlflow.db."""
+    select_test_model(project)
+    env = tool_env(project, PTBLM_DATA_SOURCE=str(shared_archive))
+    for seed in (1, 2):
+        dvc(project, "exp", "run", "--queue", "-n", f"seed-{seed}", *FAST, "-S",
+            f"train.seed={seed}", env=env)  # fmt: skip
+    dvc(project, "queue", "start", env=env)
+    deadline = time.monotonic() + 600
+    while True:
+        status = dvc(project, "queue", "status", env=env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    dvc(project, "queue", "stop", "--kill", env=env, check=False)
+    assert status.count("Success") == 2, status
+    found = runs_of(f"sqlite:///{project / 'mlflow.db'}")
+    assert sorted(r.info.run_name for r in found) == ["seed-1", "seed-2"]
+    assert all(r.info.status == "FINISHED" and "test_perplexity" in r.data.metrics for r in found)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from ptblm.config import TrackingParams
+    from ptblm.tracking import open_tracker
+
+    uri, name, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    tracker = open_tracker(TrackingParams(uri=uri), name)
+    tracker.log_params({"writer": name})
+    for epoch in range(1, epochs + 1):
+        tracker.log_epoch({"epoch": epoch, "lr": 1.0, "train_perplexity": epoch,
+                           "valid_perplexity": epoch, "words_per_sec": 1.0, "epoch_time_s": 1.0})
+    tracker.log_metrics({"test_perplexity": 1.0})
+    tracker.end()
+    """
+)
+
+
+def test_two_processes_logging_to_one_store_lose_nothing(tmp_path: Path) -> None:
+    """Both start on a store that does not exist yet (schema creation races too)."""
+    uri, epochs = f"sqlite:///{tmp_path / 'mlflow.db'}", 100
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, uri, name, str(epochs)],
+            env=tool_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    for writer in writers:
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+    found = runs_of(uri)
+    assert sorted(r.info.run_name for r in found) == ["a", "b"]
+    store = client(uri)
+    for r in found:
+        for key in EPOCH_METRICS:
+            steps = [m.step for m in store.get_metric_history(r.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (r.info.run_name, key)
+        assert r.info.status == "FINISHED"
