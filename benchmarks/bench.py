@@ -28,7 +28,7 @@ import click
 import torch
 import torch.nn.functional as F
 
-from ptblm.config import CONFIG_NAMES, PRECISIONS, ModelConfig, load_params
+from ptblm.config import PRECISIONS, ModelConfig, load_params
 from ptblm.data import batchify, epoch_size, load_corpus
 from ptblm.model import PTBModel, detach
 from ptblm.train import evaluate_split, keep_freed_memory, resolve_device, train_step
@@ -414,7 +414,7 @@ def _list(kind: Callable[[str], object]) -> Callable:
     default="small",
     show_default=True,
     callback=_list(str),
-    help=f"Comma-separated configs from params.yaml ({', '.join(CONFIG_NAMES)}).",
+    help="Comma-separated configs of params.yaml: small, medium, large, test.",
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
