@@ -61,7 +61,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling; larger values are refused
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # above every config's logits (at most 28 MB)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
