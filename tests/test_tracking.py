@@ -225,9 +225,14 @@ def test_queued_experiments_land_in_root_store(project: Path, shared_archive: Pa
         time.sleep(5)
     dvc(project, "queue", "stop", "--kill", env=env, check=False)
     assert status.count("Success") == 2, status
-    found = runs_of(f"sqlite:///{project / 'mlflow.db'}")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    found = runs_of(uri)
     assert sorted(r.info.run_name for r in found) == ["seed-1", "seed-2"]
-    assert all(r.info.status == "FINISHED" and "test_perplexity" in r.data.metrics for r in found)
+    for r in found:
+        assert r.info.status == "FINISHED" and "test_perplexity" in r.data.metrics
+        # artifacts live beside the root store, not in the deleted temp copies
+        assert r.info.artifact_uri.startswith((project / "mlruns").as_uri())
+        assert "learning_curve.png" in {a.path for a in client(uri).list_artifacts(r.info.run_id)}
 
 
 WRITER = textwrap.dedent(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import PtblmError
+from .tracking import sqlite_path
 
 # The one place the published numbers live: Zaremba et al. (2014), Table 1, and the
 # TensorFlow ptb_word_lm.py tutorial's reported results (train / valid / test).
@@ -66,7 +67,8 @@ def from_metrics(metrics_dir: Path) -> pd.DataFrame:
 
 def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
     """One row per run of the experiment, oldest first."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
         raise CompareError(f"no MLflow store at {uri}; train first or use --source metrics")
     import mlflow
 

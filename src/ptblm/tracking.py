@@ -106,7 +106,7 @@ class MlflowTracker(NullTracker):
         mlflow.set_tracking_uri(uri)
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         with _store_lock(uri):
-            exp_id = self._retry(lambda: _experiment_id(mlflow, experiment))
+            exp_id = self._retry(lambda: _experiment_id(mlflow, uri, experiment))
             run = self._retry(
                 lambda: mlflow.start_run(
                     run_id=run_id,
@@ -169,13 +169,24 @@ class MlflowTracker(NullTracker):
         self._retry(lambda: self._mlflow.end_run("FAILED" if failed else "FINISHED"))
 
 
-def _experiment_id(mlflow, name: str) -> str:
-    """Get or create; a concurrent creator that wins the race is not an error."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a local SQLite store URI, None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _experiment_id(mlflow, uri: str, name: str) -> str:
+    """Get or create; a concurrent creator that wins the race is not an error.
+
+    A local store keeps artifacts beside the database, not under the cwd of whichever
+    process created the experiment: for a queued DVC run that is a temp copy, deleted after.
+    """
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "mlruns" / name).as_uri() if db else None
     try:
-        return mlflow.create_experiment(name)
+        return mlflow.create_experiment(name, artifact_location=location)
     except Exception:
         found = mlflow.get_experiment_by_name(name)
         if found is None:
@@ -187,10 +198,10 @@ def _experiment_id(mlflow, name: str) -> str:
 def _store_lock(uri: str) -> Iterator[None]:
     """Serialise opening a run on a local SQLite store: its first use creates the schema,
     which two processes must not do at once."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         yield
         return
-    db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
