@@ -16,6 +16,7 @@ import json
 import math
 import multiprocessing
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -281,7 +282,7 @@ def measure_scaling(
     cases = [("hidden_size", h) for h in hidden_sizes] + [("batch_size", b) for b in batches]
     for key, value in cases:
         config = replace(base, **{key: value})
-        result = measure_training(config, work, ["ours fp32"], 1, steps, 1, seed)["ours fp32"]
+        result = measure_training(config, work, ["ours fp32"], 2, steps, 1, seed)["ours fp32"]
         rows.append(
             {
                 "vary": key,
@@ -323,7 +324,7 @@ def environment(device: torch.device) -> dict:
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "cpu_count": multiprocessing.cpu_count(),
         "commit": commit + ("-dirty" if dirty else ""),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(["python", *sys.argv]),
     }
 
 
@@ -447,7 +448,7 @@ def _list(kind: Callable[[str], object]) -> Callable:
     show_default=True,
     help="Time per epoch vs hidden size 200/650/1500 and batch size 20/64/256.",
 )
-@click.option("--scaling-steps", default=3, show_default=True)
+@click.option("--scaling-steps", default=5, show_default=True, help="Timed steps per case.")
 @click.option("--memory/--no-memory", default=True, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
 @click.option(
