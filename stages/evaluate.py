@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: see `python stages/evaluate.py --help`; the work is in the ptblm library."""
+"""DVC stage `evaluate`: see `--help`; the work is in the ptblm library."""
 
 from ptblm.cli import evaluate_command as command
 

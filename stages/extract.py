@@ -1,4 +1,4 @@
-"""DVC stage `extract`: see `python stages/extract.py --help`; the work is in the ptblm library."""
+"""DVC stage `extract`: see `--help`; the work is in the ptblm library."""
 
 from ptblm.cli import extract as command
 

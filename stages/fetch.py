@@ -1,4 +1,4 @@
-"""DVC stage `fetch`: see `python stages/fetch.py --help`; the work is in the ptblm library."""
+"""DVC stage `fetch`: see `--help`; the work is in the ptblm library."""
 
 from ptblm.cli import fetch as command
 

@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: see `python stages/prepare.py --help`; the work is in the ptblm library."""
+"""DVC stage `prepare`: see `--help`; the work is in the ptblm library."""
 
 from ptblm.cli import prepare as command
 

@@ -1,4 +1,4 @@
-"""DVC stage `train`: see `python stages/train.py --help`; the work is in the ptblm library."""
+"""DVC stage `train`: see `--help`; the work is in the ptblm library."""
 
 from ptblm.cli import train_command as command
 

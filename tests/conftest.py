@@ -70,10 +70,9 @@ def git(repo: Path, *args: str) -> str:
     return run(["git", *args], repo).stdout
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
+def make_project(parent: Path) -> Path:
     """A fresh git + DVC project with this checkout's pipeline and code, one commit deep."""
-    repo = tmp_path / "project"
+    repo = parent / "project"
     repo.mkdir()
     for name in PROJECT_FILES:
         shutil.copy2(PROJECT_ROOT / name, repo / name)
@@ -92,6 +91,11 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+@pytest.fixture(scope="session")
 def shared_archive() -> Path:
     if not SHARED_ARCHIVE.is_file():
         pytest.fail(

@@ -1,0 +1,71 @@
+"""`dvc exp run -S model=test` end to end on the real archive, in a temporary repo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import dvc, make_project, tool_env
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shared_archive):
+    """One real run of the whole pipeline with the `test` config; shared by the tests here."""
+    repo = make_project(tmp_path_factory.mktemp("e2e"))
+    env = tool_env(repo, PTBLM_DATA_SOURCE=str(shared_archive))
+    result = dvc(repo, "exp", "run", "-S", "model=test", "-S", "tracking.enabled=false", env=env)
+    return repo, env, result
+
+
+def test_exp_run_trains_and_evaluates_the_selected_config(trained):
+    repo, _, result = trained
+    assert "Running stage 'train'" in result.stdout
+    assert "Running stage 'evaluate'" in result.stdout
+    assert yaml.safe_load((repo / "params.yaml").read_text())["model"] == "test"
+    out = repo / "metrics" / "test"
+    train = json.loads((out / "train.json").read_text())
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert train["epochs"] == 1 and train["device"] == "cpu"
+    # the tiny model barely learns: far better than uniform (10,000), far worse than small
+    assert 200 < evaluation["test_perplexity"] < 2000
+    assert evaluation["batch_size"] == 1
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,lr,train_perplexity,valid_perplexity" and len(history) == 2
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    speed = json.loads((out / "speed.json").read_text())
+    assert speed["words_per_sec"] > 0 and speed["wall_time_s"] > 0
+    model = torch.load(repo / "models" / "test" / "model.pt", weights_only=True)
+    assert model["config_name"] == "test" and model["config"]["hidden_size"] == 2
+    assert not (repo / "checkpoints" / "test" / "last.pt").exists()
+
+
+def test_exp_show_lists_config_hyperparameters_and_perplexities(trained):
+    repo, env, _ = trained
+    shown = json.loads(dvc(repo, "exp", "show", "--json", env=env).stdout)
+    workspace = next(rev for rev in shown if rev["rev"] == "workspace")
+    data = workspace["data"]
+    params = data["params"]["params.yaml"]["data"]
+    assert params["model"] == "test"
+    assert params["models"]["test"]["hidden_size"] == 2
+    metrics = data["metrics"]
+    assert metrics["metrics/test/eval.json"]["data"]["test_perplexity"] > 0
+    assert metrics["metrics/test/train.json"]["data"]["valid_perplexity"] > 0
+    table = dvc(repo, "exp", "show", "--md", env=env).stdout
+    assert "test_perplexity" in table and "models.test.hidden_size" in table
+
+
+def test_only_the_selected_configs_params_are_tracked(trained):
+    repo, env, _ = trained
+    assert "up to date" in dvc(repo, "status", env=env).stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["models"]["large"]["hidden_size"] = 1234
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "up to date" in dvc(repo, "status", env=env).stdout
+    params["models"]["test"]["hidden_size"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = dvc(repo, "status", env=env).stdout
+    assert "train:" in status and "models.test" in status
