@@ -70,6 +70,15 @@ def git(repo: Path, *args: str) -> str:
     return run(["git", *args], repo).stdout
 
 
+def init_repo(repo: Path, message: str) -> None:
+    """git init `repo` and commit everything in it, with a test identity."""
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "tests@ptb-lm.invalid")
+    git(repo, "config", "user.name", "ptb-lm tests")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", message)
+
+
 def make_project(parent: Path) -> Path:
     """A fresh git + DVC project with this checkout's pipeline and code, one commit deep."""
     repo = parent / "project"
@@ -82,11 +91,7 @@ def make_project(parent: Path) -> Path:
             repo / name,
             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache"),
         )
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "tests@ptb-lm.invalid")
-    git(repo, "config", "user.name", "ptb-lm tests")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "project under test")
+    init_repo(repo, "project under test")
     return repo
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import git, run, tool_env
+from conftest import git, init_repo, run, tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_RUN = ROOT / ".ci" / "run"
@@ -177,11 +177,7 @@ def metrics_repo(tmp_path: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text, encoding="utf-8")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "tests@ptb-lm.invalid")
-    git(repo, "config", "user.name", "ptb-lm tests")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "metrics")
+    init_repo(repo, "metrics")
     return repo
 
 

@@ -182,11 +182,11 @@ def _log_training(
 @fails_cleanly
 def train_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
     """Train the selected config; resumes from its last checkpoint if interrupted."""
+    params = _params(params_path, model_name)  # before importing torch: bad params fail fast
     from .data import load_corpus
     from .plots import save_learning_curve
     from .train import device_description, resolve_device, save_model, train
 
-    params = _params(params_path, model_name)
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
@@ -256,10 +256,10 @@ def _evaluate_tracker(params: Params, run_file: Path) -> tracking.NullTracker:
 @fails_cleanly
 def evaluate_command(params_path: Path, model_name: str | None) -> None:
     """Test (and valid) perplexity as the tutorial scores it: batch 1, state carried."""
+    params = _params(params_path, model_name)  # before importing torch: bad params fail fast
     from .data import load_corpus
     from .train import evaluate_split, load_model, resolve_device
 
-    params = _params(params_path, model_name)
     name = params.model
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
