@@ -95,6 +95,13 @@ def make_project(parent: Path) -> Path:
     return repo
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_tracking_uri(monkeypatch):
+    """mlflow.set_tracking_uri() exports $MLFLOW_TRACKING_URI: keep one test's store out of
+    the next one's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)

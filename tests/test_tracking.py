@@ -4,6 +4,7 @@ queued DVC experiments, and two processes writing one store at once."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -276,3 +277,16 @@ def test_two_processes_logging_to_one_store_lose_nothing(tmp_path: Path) -> None
             steps = [m.step for m in store.get_metric_history(r.info.run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), (r.info.run_name, key)
         assert r.info.status == "FINISHED"
+
+
+def test_choosing_a_store_leaves_the_users_tracking_uri_alone(tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+
+    from ptblm.tracking import use_store
+
+    use_store(f"sqlite:///{tmp_path / 'a.db'}")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # tracking.uri keeps working afterwards
+    assert mlflow.get_tracking_uri().endswith("a.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    use_store(f"sqlite:///{tmp_path / 'b.db'}")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:1"

@@ -72,7 +72,9 @@ def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
         raise CompareError(f"no MLflow store at {uri}; train first or use --source metrics")
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    from .tracking import use_store
+
+    use_store(uri)
     runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time"])
     if runs.empty:
         raise CompareError(f"no runs in experiment {experiment!r} at {uri}")

@@ -50,6 +50,22 @@ def tracking_uri(settings: TrackingParams) -> str:
     )
 
 
+def use_store(uri: str) -> None:
+    """Point mlflow's fluent API at `uri`, leaving $MLFLOW_TRACKING_URI as the user set it.
+
+    mlflow.set_tracking_uri also exports the variable, which would then override
+    tracking.uri for every later store chosen in this process; mlflow reads its own global.
+    """
+    import mlflow
+
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
+
+
 def read_run_file(path: Path) -> dict[str, Any]:
     """The hand-off train wrote; a missing file means no tracked run (older outputs)."""
     try:
@@ -103,7 +119,7 @@ class MlflowTracker(NullTracker):
 
         self._mlflow = mlflow
         self.uri, self.experiment = uri, experiment
-        mlflow.set_tracking_uri(uri)
+        use_store(uri)
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         with _store_lock(uri):
             exp_id = self._retry(lambda: _experiment_id(mlflow, uri, experiment))
