@@ -28,16 +28,24 @@ from pathlib import Path
 import click
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ptblm.config import PRECISIONS, ModelConfig, load_params
 from ptblm.data import batchify, epoch_size, load_corpus
 from ptblm.model import PTBModel, detach
-from ptblm.train import evaluate_split, keep_freed_memory, resolve_device, train_step
+from ptblm.train import (
+    evaluate_split,
+    keep_freed_memory,
+    make_optimizer,
+    resolve_device,
+    train_step,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED = ROOT / "data" / "prepared"
 TRAIN_TOKENS = 929_589  # reference.md: the train split, so epoch times are for the real epoch
 PLAIN = "plain fp32"
+EXACT = "plain fp64"  # the trajectory reference: the plain loop without float32 rounding
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,35 @@ def windows(data: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, 
 # --- the two training loops ---------------------------------------------------------------
 
 
+class PlainModel(nn.Module):
+    """The model as most people write it (pytorch/examples style): the same function as
+    ours, with nn.Linear's [vocab, hidden] softmax weight and autograd's cross entropy."""
+
+    def __init__(self, ours: PTBModel):
+        super().__init__()
+        config = ours.config
+        self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.dropout = nn.Dropout(1.0 - config.keep_prob)
+        self.lstm = nn.LSTM(
+            config.hidden_size,
+            config.hidden_size,
+            config.num_layers,
+            dropout=ours.lstm.dropout,
+            batch_first=True,
+        )
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        with torch.no_grad():  # ours' initial weights, so both start at the same point
+            self.embedding.weight.copy_(ours.embedding.weight)
+            self.lstm.load_state_dict(ours.lstm.state_dict())
+            self.decoder.weight.copy_(ours.softmax.weight.t())
+            self.decoder.bias.copy_(ours.softmax.bias)
+        self.to(ours.softmax.weight.device)
+
+    def forward(self, x: torch.Tensor, state):
+        hidden, state = self.lstm(self.dropout(self.embedding(x)), state)
+        return self.decoder(self.dropout(hidden)), state
+
+
 class Trainer:
     """Runs `steps` training steps of one candidate and says how long they took."""
 
@@ -86,19 +123,21 @@ class Trainer:
         self.config = config
         self.device = work.device
         torch.manual_seed(seed)
-        self.model = PTBModel(config).to(work.device)
+        ours = PTBModel(config).to(work.device)
+        self.model = PlainModel(ours) if name in (PLAIN, EXACT) else ours
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.data = batchify(work.train_ids, config.batch_size).to(work.device)
         self.batches = windows(self.data, config.num_steps)
-        self.state = self.model.zero_state(config.batch_size, work.device)
+        self.state = ours.zero_state(config.batch_size, work.device)
+        if name == EXACT:
+            self.model.double()
+            self.state = tuple(s.double() for s in self.state)
         self.costs: list[float] = []  # per-step costs, read back after timing
         self.model.train()
-        if name == PLAIN:
+        if name in (PLAIN, EXACT):
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.learning_rate)
         else:
-            self.optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=config.learning_rate, foreach=True
-            )
+            self.optimizer = make_optimizer(ours, config.learning_rate)
 
     @property
     def precision(self) -> str:
@@ -108,7 +147,7 @@ class Trainer:
         """Seconds for `steps` steps, synchronized at both ends."""
         synchronize(self.device)
         start = time.perf_counter()
-        step = self.plain_step if self.name == PLAIN else self.fast_step
+        step = self.plain_step if self.name in (PLAIN, EXACT) else self.fast_step
         costs = [step(*next(self.batches)) for _ in range(steps)]
         synchronize(self.device)
         seconds = time.perf_counter() - start
@@ -140,11 +179,11 @@ class Trainer:
         return loss.item()
 
 
-def plain_evaluate(model: PTBModel, ids: torch.Tensor, device: torch.device) -> float:
+def plain_evaluate(ours: PTBModel, ids: torch.Tensor, device: torch.device) -> float:
     """The tutorial's test loop as usually written: batch 1, num_steps 1, .item() per word."""
-    model.eval()
+    model = PlainModel(ours).eval()
     data = ids.to(device)[None]
-    state = model.zero_state(1, device)
+    state = ours.zero_state(1, device)
     total = 0.0
     with torch.no_grad():
         for i in range(data.size(1) - 1):
@@ -246,22 +285,29 @@ def measure_peak_memory(config: ModelConfig, work: Workload, name: str, seed: in
 def check_trajectory(
     config: ModelConfig, work: Workload, precisions: list[str], steps: int, seed: int
 ) -> dict:
-    """Ours and the plain loop from one seed on the same batches: fp32 per-step costs agree
-    within float tolerance; bf16's difference is reported, not judged (it rounds)."""
-    names = [PLAIN] + [f"ours {p}" for p in precisions]
+    """Every candidate from one seed on the same batches, against the plain loop in float64.
+
+    The early steps (lr 1, clipped) amplify any float32 rounding difference ~1e4-fold
+    within 20 steps, so two float32 loops that sum in different orders drift apart by
+    ~1e-3 even when both are right. The fair test is distance from the exact (float64)
+    trajectory: ours fp32 passes if it stays as close to it as the plain fp32 loop does
+    (within 2x). bf16's distance is reported, not judged.
+    """
+    names = [EXACT, PLAIN] + [f"ours {p}" for p in precisions]
     costs = {}
     for name in names:
         trainer = Trainer(name, config, work, seed)
         torch.manual_seed(seed)  # the same dropout masks in all
         trainer.run(steps)
         costs[name] = trainer.costs
-    plain = costs[PLAIN]
-    check: dict = {"steps": steps, "perplexity_plain": _perplexity(plain, config)}
+    exact = costs[EXACT]
+    check: dict = {"steps": steps, "perplexity_exact": _perplexity(exact, config)}
     for name in names[1:]:
-        rel = max(abs(a - b) / abs(a) for a, b in zip(plain, costs[name], strict=True))
+        rel = max(abs(a - b) / abs(b) for a, b in zip(costs[name], exact, strict=True))
         check[name] = {"max_rel_cost_diff": rel, "perplexity": _perplexity(costs[name], config)}
     if "ours fp32" in check:
-        check["ok"] = check["ours fp32"]["max_rel_cost_diff"] < 1e-4
+        plain = check[PLAIN]["max_rel_cost_diff"]
+        check["ok"] = check["ours fp32"]["max_rel_cost_diff"] <= 2 * plain
     return check
 
 
@@ -355,16 +401,18 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Trajectory check ({config}, {check['steps']} training steps from one seed on the "
-            f"same batches): plain perplexity {check['perplexity_plain']:.4f}",
+            f"same batches) against the plain loop in float64, perplexity "
+            f"{check['perplexity_exact']:.4f}:",
         ]
         for name, value in check.items():
-            if name.startswith("ours"):
+            if isinstance(value, dict):
                 lines.append(
                     f"- {name}: perplexity {value['perplexity']:.4f}, max relative per-step "
                     f"cost difference {value['max_rel_cost_diff']:.2e}"
                 )
         if "ok" in check:
-            lines.append(f"- fp32 within float tolerance (1e-4): {'OK' if check['ok'] else 'NO'}")
+            verdict = "OK" if check["ok"] else "NO"
+            lines.append(f"- ours fp32 as close to exact as plain fp32 (within 2x): {verdict}")
     if report["scaling"]:
         lines += [
             "",
@@ -522,9 +570,9 @@ def main(
         if trajectory_steps:
             check = check_trajectory(config, work, precisions, trajectory_steps, seed)
             report["trajectory"][name] = check
-            for candidate in names[1:]:
+            for candidate in names:
                 rel = check[candidate]["max_rel_cost_diff"]
-                click.echo(f"  trajectory {candidate}: max relative cost difference {rel:.2e}")
+                click.echo(f"  trajectory {candidate}: max relative difference from fp64 {rel:.2e}")
     out.mkdir(parents=True, exist_ok=True)
     if scaling:
         click.echo("scaling (ours, fp32)")

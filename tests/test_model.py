@@ -9,10 +9,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from ptblm import model as model_module
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
-from ptblm.model import LinearCrossEntropy, PTBModel, detach
-from ptblm.train import clip_by_global_norm_, evaluate_split, learning_rate, run_epoch
+from ptblm.model import LinearCrossEntropy, PTBModel, detach, matmul
+from ptblm.train import (
+    clip_by_global_norm,
+    evaluate_split,
+    learning_rate,
+    make_optimizer,
+    run_epoch,
+)
 
 TINY = ModelConfig(
     init_scale=0.1,
@@ -44,7 +51,7 @@ def test_init_uniform_in_scale_and_lstm_biases_zero():
         else:
             assert param.abs().max() <= 0.05, name
             assert param.abs().max() > 0.04, f"{name} does not span the init range"
-    assert model.softmax.weight.shape == (30, 8)  # softmax_w^T: no weight tying
+    assert model.softmax.weight.shape == (8, 30)  # TF's softmax_w [hidden, vocab]; no tying
     assert model.softmax.weight.data_ptr() != model.embedding.weight.data_ptr()
 
 
@@ -86,12 +93,12 @@ def test_cost_is_sum_over_steps_of_batch_mean_cross_entropy():
 def test_fused_linear_cross_entropy_matches_autograd(dtype):
     gen = torch.Generator().manual_seed(3)
     hidden = torch.randn(40, 16, dtype=dtype, generator=gen, requires_grad=True)
-    weight = torch.randn(50, 16, dtype=dtype, generator=gen, requires_grad=True)
+    weight = torch.randn(16, 50, dtype=dtype, generator=gen, requires_grad=True)
     bias = torch.randn(50, dtype=dtype, generator=gen, requires_grad=True)
     target = torch.randint(0, 50, (40,), generator=gen)
     fused = LinearCrossEntropy.apply(hidden, weight, bias, target)
     fused_grads = torch.autograd.grad(fused * 0.7, [hidden, weight, bias])
-    ref = F.cross_entropy(F.linear(hidden, weight, bias), target, reduction="sum")
+    ref = F.cross_entropy(hidden @ weight + bias, target, reduction="sum")
     ref_grads = torch.autograd.grad(ref * 0.7, [hidden, weight, bias])
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert fused.item() == pytest.approx(ref.item(), rel=tol)
@@ -99,16 +106,50 @@ def test_fused_linear_cross_entropy_matches_autograd(dtype):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
-def test_clip_by_global_norm_is_tf_formula():
+def test_clip_by_global_norm_is_tf_formula_applied_by_the_step():
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
-    params[0].grad = torch.tensor([3.0, 0.0, 0.0])
-    params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])
-    norm = clip_by_global_norm_(params, max_norm=1.0)  # global norm 5 over all parameters
-    assert norm.item() == pytest.approx(5.0)
-    assert params[0].grad.tolist() == pytest.approx([0.6, 0.0, 0.0])
-    assert params[1].grad[0, 1].item() == pytest.approx(0.8)
-    clip_by_global_norm_(params, max_norm=10.0)  # under the limit: untouched
-    assert params[0].grad.tolist() == pytest.approx([0.6, 0.0, 0.0])
+    optimizer = torch.optim.SGD(params, lr=0.5, fused=True)
+
+    def step(max_norm: float) -> float:
+        params[0].grad = torch.tensor([3.0, 0.0, 0.0])
+        params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])
+        norm = clip_by_global_norm(optimizer, params, max_norm)
+        optimizer.step()
+        return norm.item()
+
+    assert step(max_norm=1.0) == pytest.approx(5.0)  # global norm over all parameters
+    # g * max_norm / max(norm, max_norm) = g / 5, then p -= lr * g
+    assert params[0].tolist() == pytest.approx([-0.3, 0.0, 0.0])
+    assert params[1][0, 1].item() == pytest.approx(-0.4)
+    step(max_norm=10.0)  # under the limit: the gradient is used as it is
+    assert params[0].tolist() == pytest.approx([-1.8, 0.0, 0.0])
+    assert params[1][0, 1].item() == pytest.approx(-2.4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_matmul_fast_path_equals_the_float64_product(bias):
+    """The oneDNN path (when this torch has it) and the fallback give the same product."""
+    gen = torch.Generator().manual_seed(5)
+    hidden, grad = torch.randn(40, 16, generator=gen), torch.randn(40, 50, generator=gen)
+    weight, b = torch.randn(16, 50, generator=gen), torch.randn(50, generator=gen)
+    cases = [  # the softmax layer's three products, in the layouts the model passes
+        (hidden, weight, b if bias else None),
+        (grad, weight.t(), None),
+        (hidden.t(), grad, None),
+    ]
+    for a, w, c in cases:
+        want = a.double() @ w.double() + (0 if c is None else c.double())
+        torch.testing.assert_close(matmul(a, w, c).double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            matmul(a.double(), w.double(), c if c is None else c.double()), want
+        )
+
+
+def test_onednn_probe_leaves_the_rng_alone():
+    model_module._onednn_linear.cache_clear()
+    before = torch.get_rng_state()
+    model_module._onednn_linear()
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_learning_rate_schedule():
@@ -185,7 +226,7 @@ def test_sgd_step_uses_the_summed_cost_gradient():
     reference = PTBModel(config)
     reference.load_state_dict(model.state_dict())
     data = batchify(ids(3 * 6), 3)  # exactly one window of 5 steps
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.7)
+    optimizer = make_optimizer(model, 0.7)
     run_epoch(model, data, 5, optimizer=optimizer, max_grad_norm=0.5)
 
     logits, _ = reference(data[:, :5], reference.zero_state(3))

@@ -25,8 +25,8 @@ from .errors import PtblmError
 from .fsutil import atomic_path
 from .model import PTBModel, State, detach
 
-CHECKPOINT_FORMAT = 1
-MODEL_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: softmax weight in TF's [hidden, vocab] layout; fused SGD
+MODEL_FORMAT = 2
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
@@ -70,11 +70,22 @@ def learning_rate(config: ModelConfig, epoch: int) -> float:
     return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
 
 
-def clip_by_global_norm_(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """TF's clip_by_global_norm: grads *= max_norm / max(norm, max_norm). No host sync."""
+def make_optimizer(model: PTBModel, lr: float) -> torch.optim.SGD:
+    """Plain SGD, fused: one kernel updates every parameter, clipping folded in."""
+    return torch.optim.SGD(model.parameters(), lr=lr, fused=True)
+
+
+def clip_by_global_norm(
+    optimizer: torch.optim.SGD, params: list[torch.nn.Parameter], max_norm: float
+) -> torch.Tensor:
+    """TF's clip_by_global_norm, done by the next fused step: g * max_norm / max(norm, max_norm).
+
+    The divisor goes in as the optimizer's `grad_scale` (the hook AMP's GradScaler
+    uses), so clipping costs no pass of its own over the gradients and no host sync.
+    """
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, max_norm / torch.clamp(norm, min=max_norm))
+    optimizer.grad_scale = torch.clamp(norm, min=max_norm) / max_norm
     return norm
 
 
@@ -89,7 +100,7 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     state: State,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.SGD,
     params: list[torch.nn.Parameter],
     max_grad_norm: float,
     precision: str = "fp32",
@@ -103,7 +114,7 @@ def train_step(
         cost, state = model.cost(x, y, state)
     optimizer.zero_grad(set_to_none=True)
     cost.backward()
-    clip_by_global_norm_(params, max_grad_norm)
+    clip_by_global_norm(optimizer, params, max_grad_norm)
     optimizer.step()
     return cost.detach(), detach(state)
 
@@ -124,7 +135,7 @@ def run_epoch(
     data: torch.Tensor,
     num_steps: int,
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.SGD | None = None,
     max_grad_norm: float = 0.0,
     precision: str = "fp32",
     include_tail: bool = False,
@@ -250,8 +261,9 @@ def load_checkpoint(path: Path, identity: dict, model, optimizer) -> TrainState 
     except Exception as exc:  # a torn or foreign file: never trust it, never crash on it
         tqdm.write(f"note: ignoring unreadable checkpoint {path} ({exc}); starting fresh")
         return None
-    mismatched = [k for k, v in identity.items() if payload.get(k) != v]
-    if payload.get("format") != CHECKPOINT_FORMAT or mismatched:
+    expected = {"format": CHECKPOINT_FORMAT, **identity}
+    mismatched = [k for k, v in expected.items() if payload.get(k) != v]
+    if mismatched:
         tqdm.write(
             f"note: checkpoint {path} is for another run (differs in {', '.join(mismatched)}); "
             "starting fresh"
@@ -336,7 +348,7 @@ def train(
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     model = PTBModel(config).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, foreach=True)
+    optimizer = make_optimizer(model, config.learning_rate)
     identity = _identity(config_name, config, corpus, settings)
     state = load_checkpoint(checkpoint_path, identity, model, optimizer) or TrainState()
     resumed_from = state.epoch
