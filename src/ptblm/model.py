@@ -89,9 +89,9 @@ class Softmax(nn.Module):
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b (+ bias), through oneDNN for float32 CPU tensors when this torch build has it.
 
-    torch sends float32 CPU matmuls to MKL; on the softmax layer's shapes oneDNN's
-    kernels measured 198-205 GFLOP/s against MKL's 147-173 on a 2-core AVX-512 AMD
-    CPU. Both are float32 products; only the summation order differs.
+    torch sends float32 CPU matmuls to MKL; on the softmax layer's products oneDNN
+    is faster, by 8-49% on a 2-core AVX-512 AMD CPU (`benchmarks/matmul.py` prints
+    the figures). Both are float32 products; only the summation order differs.
     """
     onednn_linear = _onednn_linear() if a.device.type == "cpu" else None
     if onednn_linear is not None and a.dtype == b.dtype == torch.float32:
