@@ -124,7 +124,7 @@ class Trainer:
         self.device = work.device
         torch.manual_seed(seed)
         ours = PTBModel(config).to(work.device)
-        self.model = PlainModel(ours) if name in (PLAIN, EXACT) else ours
+        self.model = PlainModel(ours) if self.is_plain else ours
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.data = batchify(work.train_ids, config.batch_size).to(work.device)
         self.batches = windows(self.data, config.num_steps)
@@ -134,10 +134,14 @@ class Trainer:
             self.state = tuple(s.double() for s in self.state)
         self.costs: list[float] = []  # per-step costs, read back after timing
         self.model.train()
-        if name in (PLAIN, EXACT):
+        if self.is_plain:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.learning_rate)
         else:
             self.optimizer = make_optimizer(ours, config.learning_rate)
+
+    @property
+    def is_plain(self) -> bool:
+        return self.name in (PLAIN, EXACT)
 
     @property
     def precision(self) -> str:
@@ -147,7 +151,7 @@ class Trainer:
         """Seconds for `steps` steps, synchronized at both ends."""
         synchronize(self.device)
         start = time.perf_counter()
-        step = self.plain_step if self.name in (PLAIN, EXACT) else self.fast_step
+        step = self.plain_step if self.is_plain else self.fast_step
         costs = [step(*next(self.batches)) for _ in range(steps)]
         synchronize(self.device)
         seconds = time.perf_counter() - start
