@@ -1,12 +1,13 @@
 """Training and evaluation speed of ptblm, measured side by side with a plain PyTorch loop.
 
-Every ratio comes from one process: the candidates (the plain loop, ours in fp32,
-ours in bf16) run interleaved, round after round, and each reports the median of
-its rounds, so a noisy or shared machine slows them alike. "Ours" calls the
-library's own `train_step` and `evaluate_split`, so it measures what users run.
+Every ratio comes from one process: the candidates (the plain loop, ours in each
+precision, on CUDA also ours without CUDA graphs) run interleaved, round after
+round, and each reports the median of its rounds, so a noisy or shared machine
+slows them alike. "Ours" calls the library's own `TrainStep` and `evaluate_split`,
+so it measures what users run.
 
     python benchmarks/bench.py                      # CPU: small config, fp32 + bf16
-    python benchmarks/bench.py --device cuda --configs small,medium,large
+    python benchmarks/bench.py --device cuda --configs small,medium,large --precisions fp32,tf32
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import json
 import math
 import multiprocessing
+import os
 import platform
 import shlex
 import statistics
@@ -34,11 +36,11 @@ from ptblm.config import PRECISIONS, ModelConfig, load_params
 from ptblm.data import batchify, epoch_size, load_corpus
 from ptblm.model import PTBModel, detach
 from ptblm.train import (
+    TrainStep,
     evaluate_split,
     keep_freed_memory,
-    make_optimizer,
     resolve_device,
-    train_step,
+    set_precision,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,7 @@ PREPARED = ROOT / "data" / "prepared"
 TRAIN_TOKENS = 929_589  # reference.md: the train split, so epoch times are for the real epoch
 PLAIN = "plain fp32"
 EXACT = "plain fp64"  # the trajectory reference: the plain loop without float32 rounding
+EAGER = "eager"  # suffix of ours without CUDA graphs, e.g. "ours tf32 eager"
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,6 @@ class Trainer:
         torch.manual_seed(seed)
         ours = PTBModel(config).to(work.device)
         self.model = PlainModel(ours) if self.is_plain else ours
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.data = batchify(work.train_ids, config.batch_size).to(work.device)
         self.batches = windows(self.data, config.num_steps)
         self.state = ours.zero_state(config.batch_size, work.device)
@@ -137,18 +139,19 @@ class Trainer:
         if self.is_plain:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.learning_rate)
         else:
-            self.optimizer = make_optimizer(ours, config.learning_rate)
+            self.step = TrainStep(ours, self.precision, cuda_graph=not name.endswith(EAGER))
 
     @property
     def is_plain(self) -> bool:
-        return self.name in (PLAIN, EXACT)
+        return self.name.startswith("plain")
 
     @property
     def precision(self) -> str:
-        return self.name.split()[-1]
+        return self.name.split()[1]
 
     def run(self, steps: int) -> float:
         """Seconds for `steps` steps, synchronized at both ends."""
+        set_precision(self.precision)  # process-wide flags: set for whoever runs next
         synchronize(self.device)
         start = time.perf_counter()
         step = self.plain_step if self.is_plain else self.fast_step
@@ -159,17 +162,7 @@ class Trainer:
         return seconds
 
     def fast_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        cost, self.state = train_step(
-            self.model,
-            x,
-            y,
-            self.state,
-            self.optimizer,
-            self.params,
-            self.config.max_grad_norm,
-            self.precision,
-        )
-        return cost
+        return self.step(x, y)
 
     def plain_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """The loop most people write: logits, mean CE * num_steps, clip_grad_norm_, .item()."""
@@ -236,11 +229,19 @@ def measure_training(
 def measure_evaluation(
     config: ModelConfig, work: Workload, names: list[str], ours_words: int, plain_words: int
 ) -> dict[str, float]:
-    """Words/s scoring test tokens at batch size 1 (ours: `evaluate_split`, as `evaluate` runs)."""
+    """Words/s scoring test tokens at batch size 1 (ours: `evaluate_split`, as `evaluate` runs).
+
+    Evaluation uses no CUDA graph, so an eager variant shares its precision's figure."""
     model = PTBModel(config).to(work.device)
-    rates = {}
+    rates: dict[str, float] = {}
     for name in names:
-        if name == PLAIN:
+        kind, precision = name.split()[:2]
+        same = f"{kind} {precision}"
+        if same in rates:
+            rates[name] = rates[same]
+            continue
+        set_precision(precision)
+        if kind == "plain":
             plain_evaluate(model, work.eval_ids[:20], work.device)  # warm-up
             synchronize(work.device)
             start = time.perf_counter()
@@ -248,18 +249,18 @@ def measure_evaluation(
             synchronize(work.device)
             rates[name] = round(plain_words / (time.perf_counter() - start), 1)
         else:
-            precision = name.split()[-1]
             evaluate_split(model, work.eval_ids[:2002], 1, work.device, precision)  # warm-up
             ids = work.eval_ids[: ours_words + 1]
             result = evaluate_split(model, ids, 1, work.device, precision)
             rates[name] = round(result.words_per_sec, 1)
-    return rates
+        rates[same] = rates[name]
+    return {name: rates[name] for name in names}
 
 
 def _peak_memory_child(config: ModelConfig, name: str, device: str, seed: int, queue) -> None:
     keep_freed_memory()
     work = load_workload(torch.device(device), config.vocab_size, seed)
-    Trainer(name, config, work, seed).run(3)
+    Trainer(name, config, work, seed).run(TrainStep.EAGER_STEPS + 2)
     # VmHWM, not ru_maxrss: the latter starts at the parent's RSS (kept across fork + exec)
     status = Path("/proc/self/status").read_text().splitlines()
     queue.put(next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024)
@@ -271,7 +272,7 @@ def measure_peak_memory(config: ModelConfig, work: Workload, name: str, seed: in
     if work.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(work.device)
-        Trainer(name, config, work, seed).run(3)
+        Trainer(name, config, work, seed).run(TrainStep.EAGER_STEPS + 2)
         return {
             "peak_memory_mib": round(torch.cuda.max_memory_allocated(work.device) / 2**20, 1),
             "peak_memory_kind": "CUDA max allocated",
@@ -295,8 +296,11 @@ def check_trajectory(
     within 20 steps, so two float32 loops that sum in different orders drift apart by
     ~1e-3 even when both are right. The fair test is distance from the exact (float64)
     trajectory: ours fp32 passes if it stays as close to it as the plain fp32 loop does
-    (within 2x). bf16's distance is reported, not judged.
+    (within 2x). tf32's and bf16's distances are reported, not judged. Dropout is off:
+    cuDNN draws its masks from a stream of its own, and a CUDA graph draws other masks
+    than eager steps, so only dropout-free runs can follow one trajectory.
     """
+    config = replace(config, keep_prob=1.0)
     names = [EXACT, PLAIN] + [f"ours {p}" for p in precisions]
     costs = {}
     for name in names:
@@ -326,13 +330,15 @@ def measure_scaling(
     hidden_sizes: list[int],
     batches: list[int],
     seed: int,
+    precision: str,
 ) -> list[dict]:
-    """Time per (derived) epoch of ours, fp32, as hidden size and batch size grow."""
+    """Time per (derived) epoch of ours, in `precision`, as hidden size and batch size grow."""
     rows = []
     cases = [("hidden_size", h) for h in hidden_sizes] + [("batch_size", b) for b in batches]
+    name = f"ours {precision}"
     for key, value in cases:
         config = replace(base, **{key: value})
-        result = measure_training(config, work, ["ours fp32"], 2, steps, 1, seed)["ours fp32"]
+        result = measure_training(config, work, [name], 5, steps, 1, seed)[name]
         rows.append(
             {
                 "vary": key,
@@ -351,16 +357,27 @@ def measure_scaling(
 # --- output -------------------------------------------------------------------------------
 
 
+def git_commit() -> str:
+    """This checkout's commit (+ -dirty), or $PTBLM_COMMIT where there is no git (a bare GPU
+    machine gets a copy of the tree without .git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        commit, dirty = "", ""
+    if not commit:
+        return os.environ.get("PTBLM_COMMIT", "unknown")
+    return commit + ("-dirty" if dirty else "")
+
+
 def environment(device: torch.device) -> dict:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -369,11 +386,10 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
-        # cuDNN's LSTM may use TF32 on Ampere and newer when cudnn.allow_tf32 is on (the default)
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        # TF32 (matmul and cuDNN) is set per candidate: on for "tf32", off for every other
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "cpu_count": multiprocessing.cpu_count(),
-        "commit": commit + ("-dirty" if dirty else ""),
+        "commit": git_commit(),
         "command": shlex.join(["python", *sys.argv]),
     }
 
@@ -389,7 +405,9 @@ def markdown(report: dict) -> str:
         f"Command: `{env['command']}`",
         "",
         "Training words/s is the median of interleaved rounds (synchronized); epoch time is "
-        "derived (epoch words / words/s). Eval: test tokens at batch size 1.",
+        "derived (epoch words / words/s). × plain: against the plain loop in the same precision "
+        "where it ran, else plain fp32. 'eager': ours without CUDA graphs. Eval: test tokens at "
+        "batch size 1 (no CUDA graphs there).",
         "",
         "| config | candidate | train words/s | × plain | epoch (s, derived) | eval words/s "
         "| peak memory (MiB) |",
@@ -398,14 +416,15 @@ def markdown(report: dict) -> str:
     for row in report["results"]:
         lines.append(
             f"| {row['config']} | {row['candidate']} | {row['train_words_per_sec']:,.0f} | "
-            f"{row['speedup_vs_plain']:.2f} | {row['epoch_time_s_derived']:.1f} | "
+            f"{row['speedup_vs_plain']:.2f} ({row.get('baseline', PLAIN)}) | "
+            f"{row['epoch_time_s_derived']:.1f} | "
             f"{row['eval_words_per_sec']:,.0f} | {row.get('peak_memory_mib', float('nan')):.0f} |"
         )
     for config, check in report["trajectory"].items():
         lines += [
             "",
             f"Trajectory check ({config}, {check['steps']} training steps from one seed on the "
-            f"same batches) against the plain loop in float64, perplexity "
+            f"same batches, dropout off) against the plain loop in float64, perplexity "
             f"{check['perplexity_exact']:.4f}:",
         ]
         for name, value in check.items():
@@ -420,7 +439,8 @@ def markdown(report: dict) -> str:
     if report["scaling"]:
         lines += [
             "",
-            "## Scaling (ours, fp32; others as the small config)",
+            f"## Scaling (ours, {report.get('scaling_precision', 'fp32')}; others as the small "
+            "config)",
             "",
             "| hidden | batch | words/s | epoch (s, derived) |",
             "|---:|---:|---:|---:|",
@@ -457,6 +477,20 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def candidate_names(precisions: list[str], with_eager: bool) -> list[str]:
+    """The plain loop in fp32 (and tf32 when ours runs tf32), then ours in each precision,
+    then (CUDA) ours without CUDA graphs."""
+    plain = [PLAIN] + (["plain tf32"] if "tf32" in precisions else [])
+    ours = [f"ours {p}" for p in precisions]
+    return plain + ours + ([f"{name} {EAGER}" for name in ours] if with_eager else [])
+
+
+def baseline(name: str, names: list[str]) -> str:
+    """The plain loop a candidate's speed-up is against: same precision where there is one."""
+    same = f"plain {name.split()[1]}"
+    return same if same in names else PLAIN
+
+
 def _list(kind: Callable[[str], object]) -> Callable:
     return lambda ctx, param, value: [kind(v) for v in value.split(",") if v]
 
@@ -477,7 +511,15 @@ def _list(kind: Callable[[str], object]) -> Callable:
     default="fp32,bf16",
     show_default=True,
     callback=_list(str),
-    help=f"Precisions of ours to measure ({', '.join(PRECISIONS)}); plain is fp32.",
+    help=f"Precisions of ours to measure ({', '.join(PRECISIONS)}); plain runs fp32, and tf32 "
+    "too if asked for.",
+)
+@click.option(
+    "--eager/--no-eager",
+    "with_eager",
+    default=True,
+    show_default=True,
+    help="On CUDA, also time ours without CUDA graphs (what the graphs bring).",
 )
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps per candidate.")
 @click.option("--steps", default=20, show_default=True, help="Timed steps per round.")
@@ -501,6 +543,9 @@ def _list(kind: Callable[[str], object]) -> Callable:
     help="Time per epoch vs hidden size 200/650/1500 and batch size 20/64/256.",
 )
 @click.option("--scaling-steps", default=5, show_default=True, help="Timed steps per case.")
+@click.option(
+    "--scaling-precision", default="fp32", show_default=True, help="Precision of the scaling runs."
+)
 @click.option("--memory/--no-memory", default=True, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: default).")
 @click.option(
@@ -523,6 +568,8 @@ def main(
     trajectory_steps: int,
     scaling: bool,
     scaling_steps: int,
+    scaling_precision: str,
+    with_eager: bool,
     memory: bool,
     threads: int,
     out: Path,
@@ -537,7 +584,7 @@ def main(
     params = load_params(ROOT / "params.yaml")
     dev = resolve_device(device)
     work = load_workload(dev, params.models["small"].vocab_size, seed)
-    names = [PLAIN] + [f"ours {p}" for p in precisions]
+    names = candidate_names(precisions, with_eager and dev.type == "cuda")
     report: dict = {
         "environment": environment(dev),
         "data": work.source,
@@ -552,14 +599,17 @@ def main(
         trained = measure_training(config, work, names, warmup, steps, rounds, seed)
         click.echo(f"{name}: evaluation at batch size 1")
         evaluated = measure_evaluation(config, work, names, eval_words, eval_words // 10)
-        plain_rate = trained[PLAIN]["train_words_per_sec"]
         for candidate in names:
+            plain = baseline(candidate, names)
             row = {
                 "config": name,
                 "candidate": candidate,
                 **trained[candidate],
+                "baseline": plain,
                 "speedup_vs_plain": round(
-                    trained[candidate]["train_words_per_sec"] / plain_rate, 3
+                    trained[candidate]["train_words_per_sec"]
+                    / trained[plain]["train_words_per_sec"],
+                    3,
                 ),
                 "eval_words_per_sec": evaluated[candidate],
             }
@@ -567,21 +617,29 @@ def main(
                 row.update(measure_peak_memory(config, work, candidate, seed))
             report["results"].append(row)
             click.echo(
-                f"  {candidate:12s} {row['train_words_per_sec']:>10,.0f} words/s "
+                f"  {candidate:16s} {row['train_words_per_sec']:>10,.0f} words/s "
                 f"x{row['speedup_vs_plain']:.2f}  epoch {row['epoch_time_s_derived']:7.1f} s"
                 f"  eval {row['eval_words_per_sec']:>9,.0f} words/s"
             )
         if trajectory_steps:
             check = check_trajectory(config, work, precisions, trajectory_steps, seed)
             report["trajectory"][name] = check
-            for candidate in names:
-                rel = check[candidate]["max_rel_cost_diff"]
-                click.echo(f"  trajectory {candidate}: max relative difference from fp64 {rel:.2e}")
+            for candidate, value in check.items():
+                if isinstance(value, dict):
+                    rel = value["max_rel_cost_diff"]
+                    click.echo(f"  trajectory {candidate}: max relative difference {rel:.2e}")
     out.mkdir(parents=True, exist_ok=True)
     if scaling:
-        click.echo("scaling (ours, fp32)")
+        click.echo(f"scaling (ours, {scaling_precision})")
+        report["scaling_precision"] = scaling_precision
         report["scaling"] = measure_scaling(
-            params.models["small"], work, scaling_steps, [200, 650, 1500], [20, 64, 256], seed
+            params.models["small"],
+            work,
+            scaling_steps,
+            [200, 650, 1500],
+            [20, 64, 256],
+            seed,
+            scaling_precision,
         )
     report["environment"]["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     (out / f"{dev.type}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

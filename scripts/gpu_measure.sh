@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# One call on a CUDA machine that has only torch (+ numpy, pyyaml, click, tqdm, pandas):
-# the benchmark on cuda, then the full small, medium and large reproductions (train +
-# evaluate, no tracking), everything collected under $OUT.
+# One call on a CUDA machine that has only torch (+ numpy, pyyaml, click, tqdm, pandas,
+# pytest): the CUDA tests, the benchmark, then the full small, medium and large
+# reproductions (train + evaluate, no tracking), everything packed into $OUT/results.tar.gz.
 #
-#   OUT=/tmp/gpu scripts/gpu_measure.sh                 # bench small medium large
-#   OUT=/tmp/gpu scripts/gpu_measure.sh bench           # or any subset, in the order given
+#   OUT=/tmp/gpu scripts/gpu_measure.sh                       # check bench small medium large
+#   OUT=/tmp/gpu scripts/gpu_measure.sh large                 # or any subset, in that order
+#   PRECISION=fp32 DEADLINE_S=540 OUT=/tmp/gpu scripts/gpu_measure.sh small
 #
+# PRECISION (default tf32) is train.precision for the reproductions. DEADLINE_S (default
+# none) stops the parts that would run past that many seconds from the start; training
+# then resumes from its checkpoint when this runs again on the same machine.
 # Needs data/prepared (carry it) or PTBLM_ARCHIVE=<simple-examples.tgz> to prepare it here.
-# Wheels in .whl/ (e.g. tqdm, matplotlib if missing there) are installed offline first.
+# Wheels in .whl/ (e.g. tqdm if missing there) are installed offline first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT="${OUT:-gpu_out}"
-PYTHON="${PYTHON:-python}"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT/logs"
+PYTHON="${PYTHON:-python3}"
+PRECISION="${PRECISION:-tf32}"
+DEADLINE_S="${DEADLINE_S:-0}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+RESULTS="$OUT/results"  # packed at the end: the device tool brings back only a few files
+mkdir -p "$RESULTS/logs"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(bench small medium large)
+[ ${#parts[@]} -gt 0 ] || parts=(check bench small medium large)
 
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$PYTHON" -m pip install --quiet --no-index --no-deps .whl/*.whl
@@ -29,27 +36,51 @@ if [ ! -f data/prepared/train.npy ]; then
 fi
 
 {
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
     "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 'cudnn', torch.backends.cudnn.version())"
-    git rev-parse HEAD 2>/dev/null || true
-} > "$OUT/logs/environment.txt" 2>&1
+    lscpu | grep -E 'Model name|^CPU\(s\)' || true
+    echo "commit ${PTBLM_COMMIT:-unknown}; precision $PRECISION"
+} 2>&1 | tee "$RESULTS/logs/environment.txt"
+
+# params.yaml with train.precision = $PRECISION: the reproductions read it with --params
+GPU_PARAMS="$RESULTS/params-gpu.yaml"
+"$PYTHON" - "$GPU_PARAMS" "$PRECISION" <<'EOF'
+import sys, yaml
+params = yaml.safe_load(open("params.yaml", encoding="utf-8"))
+params["train"]["precision"] = sys.argv[2]
+params["tracking"]["enabled"] = False
+open(sys.argv[1], "w", encoding="utf-8").write(yaml.safe_dump(params, sort_keys=False))
+EOF
+
+left() {  # seconds before DEADLINE_S (a large number when there is none)
+    if [ "$DEADLINE_S" -gt 0 ]; then echo $((DEADLINE_S - SECONDS)); else echo 86400; fi
+}
 
 run_part() {  # every step chained with &&: `if` switches set -e off inside its condition
+    local limit
+    limit=$(left)
+    [ "$limit" -gt 10 ] || { echo "$1: skipped, deadline reached"; return 1; }
     case "$1" in
-        bench)
-            "$PYTHON" benchmarks/bench.py --device cuda --configs small,medium,large \
-                --out "$OUT/benchmarks/results" 2>&1 | tee "$OUT/logs/bench.log"
+        check)
+            timeout "$limit" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 \
+                | tee "$RESULTS/logs/check.log"
             ;;
-        small | medium | large)
-            "$PYTHON" -m ptblm.cli train --model "$1" --no-tracking 2>&1 \
-                | tee "$OUT/logs/train-$1.log" \
-                && "$PYTHON" -m ptblm.cli evaluate --model "$1" 2>&1 \
-                | tee "$OUT/logs/evaluate-$1.log" \
-                && mkdir -p "$OUT/metrics" && cp -r "metrics/$1" "$OUT/metrics/"
+        bench)
+            timeout "$limit" "$PYTHON" benchmarks/bench.py --device cuda \
+                --configs small,medium,large --precisions fp32,tf32 --scaling-precision tf32 \
+                --note "${BENCH_NOTE:-scripts/gpu_measure.sh}" \
+                --out "$RESULTS/benchmarks" 2>&1 | tee "$RESULTS/logs/bench.log"
+            ;;
+        small | medium | large | test)
+            timeout "$limit" "$PYTHON" -m ptblm.cli train --params "$GPU_PARAMS" --model "$1" \
+                2>&1 | tee "$RESULTS/logs/train-$1.log" \
+                && "$PYTHON" -m ptblm.cli evaluate --params "$GPU_PARAMS" --model "$1" 2>&1 \
+                | tee "$RESULTS/logs/evaluate-$1.log" \
+                && mkdir -p "$RESULTS/metrics" && cp -r "metrics/$1" "$RESULTS/metrics/"
             ;;
         *)
-            echo "unknown part: $1 (bench, small, medium, large)" >&2
+            echo "unknown part: $1 (check, bench, small, medium, large, test)" >&2
             return 2
             ;;
     esac
@@ -59,8 +90,21 @@ failed=()
 for part in "${parts[@]}"; do
     start=$SECONDS
     run_part "$part" || failed+=("$part")  # a failed part is reported at the end
-    echo "$part: $((SECONDS - start)) s" | tee -a "$OUT/logs/durations.txt"
+    echo "$part: $((SECONDS - start)) s" | tee -a "$RESULTS/logs/durations.txt"
 done
+
+# An interrupted training leaves its checkpoint: keep the epochs it finished.
+"$PYTHON" - "$RESULTS" <<'EOF'
+import json, sys
+from pathlib import Path
+import torch
+for path in Path("checkpoints").glob("*/last.pt"):
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    out = Path(sys.argv[1]) / f"partial-{path.parent.name}.json"
+    out.write_text(json.dumps({"epoch": payload["epoch"], "history": payload["history"]}, indent=1))
+    print(f"{path.parent.name}: interrupted after epoch {payload['epoch']} (checkpoint kept)")
+EOF
+tar -czf "$OUT/results.tar.gz" -C "$OUT" results
 if [ ${#failed[@]} -gt 0 ]; then
     echo "failed: ${failed[*]}" >&2
     exit 1

@@ -84,7 +84,7 @@ BAD = [
     ("data.mirror", "x", ["data.mirror is not a known key", "sources"]),
     ("data", ..., ["data is missing"]),
     ("train.device", "tpu", ["train.device = 'tpu'", "auto, cpu, cuda"]),
-    ("train.precision", "fp16", ["train.precision = 'fp16'", "fp32, bf16"]),
+    ("train.precision", "fp16", ["train.precision = 'fp16'", "fp32, tf32, bf16"]),
     ("train.num_threads", -2, ["train.num_threads", ">= 0"]),
     ("evaluate.batch_size", 0, ["evaluate.batch_size", ">= 1"]),
     ("tracking.on_unreachable", "ignore", ["tracking.on_unreachable", "fail, continue"]),

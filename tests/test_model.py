@@ -14,10 +14,10 @@ from ptblm.config import ModelConfig
 from ptblm.data import batchify
 from ptblm.model import LinearCrossEntropy, PTBModel, detach, matmul
 from ptblm.train import (
+    TrainStep,
     clip_by_global_norm,
     evaluate_split,
     learning_rate,
-    make_optimizer,
     run_epoch,
 )
 
@@ -226,8 +226,9 @@ def test_sgd_step_uses_the_summed_cost_gradient():
     reference = PTBModel(config)
     reference.load_state_dict(model.state_dict())
     data = batchify(ids(3 * 6), 3)  # exactly one window of 5 steps
-    optimizer = make_optimizer(model, 0.7)
-    run_epoch(model, data, 5, optimizer=optimizer, max_grad_norm=0.5)
+    step = TrainStep(model)
+    step.set_lr(0.7)
+    run_epoch(model, data, 5, step=step)
 
     logits, _ = reference(data[:, :5], reference.zero_state(3))
     cost = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten()) * 5

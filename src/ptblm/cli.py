@@ -258,9 +258,10 @@ def evaluate_command(params_path: Path, model_name: str | None) -> None:
     """Test (and valid) perplexity as the tutorial scores it: batch 1, state carried."""
     params = _params(params_path, model_name)  # before importing torch: bad params fail fast
     from .data import load_corpus
-    from .train import evaluate_split, load_model, resolve_device
+    from .train import evaluate_split, load_model, resolve_device, set_precision
 
     name = params.model
+    set_precision(params.train.precision)
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
     model = load_model(MODELS_DIR / name / "model.pt", name, params.config, corpus).to(device)

@@ -18,7 +18,7 @@ from .errors import PtblmError
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 UNREACHABLE_POLICIES = ("fail", "continue")
 
 
@@ -77,6 +77,7 @@ class TrainParams:
     device: str = "auto"
     precision: str = "fp32"
     num_threads: int = 0
+    cuda_graphs: bool = True
 
     def check(self, where: str) -> None:
         _require_choice(self.device, f"{where}.device", DEVICES)

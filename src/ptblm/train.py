@@ -70,11 +70,6 @@ def learning_rate(config: ModelConfig, epoch: int) -> float:
     return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
 
 
-def make_optimizer(model: PTBModel, lr: float) -> torch.optim.SGD:
-    """Plain SGD, fused: one kernel updates every parameter, clipping folded in."""
-    return torch.optim.SGD(model.parameters(), lr=lr, fused=True)
-
-
 def clip_by_global_norm(
     optimizer: torch.optim.SGD, params: list[torch.nn.Parameter], max_norm: float
 ) -> torch.Tensor:
@@ -89,9 +84,19 @@ def clip_by_global_norm(
     return norm
 
 
+def set_precision(precision: str) -> None:
+    """fp32 means IEEE float32 everywhere, cuDNN included (PyTorch lets cuDNN use TF32 by
+    default); tf32 lets CUDA matmuls and cuDNN multiply in TF32 on tensor cores (10-bit
+    mantissa, float32 sums); bf16 autocasts (see `autocast`). On CPU tf32 is fp32."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "bf16":  # no weight-cast cache: each weight is cast once a step anyway,
+        # and a cached cast would outlive a CUDA graph's capture
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -107,8 +112,7 @@ def train_step(
 ) -> tuple[torch.Tensor, State]:
     """One truncated-BPTT update; returns the (detached) cost and the detached next state.
 
-    A function of its own so that the benchmark times exactly what training runs.
-    Nothing here reads a value back to the host.
+    Nothing here reads a value back to the host, so a CUDA graph can capture it whole.
     """
     with autocast(x.device, precision):
         cost, state = model.cost(x, y, state)
@@ -117,6 +121,104 @@ def train_step(
     clip_by_global_norm(optimizer, params, max_grad_norm)
     optimizer.step()
     return cost.detach(), detach(state)
+
+
+class TrainStep:
+    """The training step as the loop (and the benchmark) calls it, state carried inside.
+
+    On CUDA a step is a few hundred small kernels; launched one by one from Python the
+    GPU mostly waits for the CPU. So after `EAGER_STEPS` eager steps (which let cuDNN and
+    cuBLAS set up, as capture requires) the step is captured once into a CUDA graph and
+    replayed: one launch a step. Every step, eager or replayed, is a real training step.
+    The graph reads its inputs, the learning rate and the carried state from fixed
+    buffers, so those are updated in place. Dropout stays random: replays advance the
+    CUDA generator like eager steps do (other masks than eager, the same distribution).
+    """
+
+    EAGER_STEPS = 3
+
+    def __init__(self, model: PTBModel, precision: str = "fp32", cuda_graph: bool = True) -> None:
+        config = model.config
+        device = model.softmax.weight.device
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.max_grad_norm = config.max_grad_norm
+        self.precision = precision
+        self.graphed = cuda_graph and device.type == "cuda"
+        # a tensor lr lives on the device, so a captured step sees set_lr's changes
+        self._lr = torch.tensor(config.learning_rate, device=device) if self.graphed else None
+        # plain SGD, fused: one kernel updates every parameter, clipping folded in
+        self.optimizer = torch.optim.SGD(
+            self.params, lr=self._lr if self.graphed else config.learning_rate, fused=True
+        )
+        self.state: State = model.zero_state(config.batch_size, device)
+        self._eager_steps = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            if self._lr is None:
+                group["lr"] = lr
+            else:  # also after optimizer.load_state_dict, which puts the saved value there
+                group["lr"] = self._lr
+                self._lr.fill_(lr)
+
+    def reset_state(self) -> None:
+        """Zero state, as at the start of every epoch (in place: the graph reads it)."""
+        for tensor in self.state:
+            tensor.zero_()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train on one (x, y) window; returns its cost (a device tensor, not read back)."""
+        if self._graph is not None:
+            self._x.copy_(x)
+            self._y.copy_(y)
+            self._graph.replay()
+            return self._cost.clone()  # the next replay overwrites _cost
+        if self.graphed and self._eager_steps >= self.EAGER_STEPS:
+            return self._capture(x, y)
+        self._eager_steps += 1
+        with self._side_stream():
+            cost, state = self._step(x, y)
+            for tensor, new in zip(self.state, state, strict=True):
+                tensor.copy_(new)
+        return cost
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, State]:
+        return train_step(
+            self.model,
+            x,
+            y,
+            self.state,
+            self.optimizer,
+            self.params,
+            self.max_grad_norm,
+            self.precision,
+        )
+
+    @contextlib.contextmanager
+    def _side_stream(self):
+        """CUDA graphs want the eager steps before capture on a side stream."""
+        if not self.graphed:
+            yield
+            return
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream().wait_stream(stream)
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._x, self._y = x.clone(), y.clone()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients come from the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._cost, state = self._step(self._x, self._y)
+            for tensor, new in zip(self.state, state, strict=True):
+                tensor.copy_(new)
+        self._graph = graph
+        graph.replay()  # capture only records: this runs the step
+        return self._cost.clone()
 
 
 @dataclass
@@ -135,8 +237,7 @@ def run_epoch(
     data: torch.Tensor,
     num_steps: int,
     *,
-    optimizer: torch.optim.SGD | None = None,
-    max_grad_norm: float = 0.0,
+    step: TrainStep | None = None,
     precision: str = "fp32",
     include_tail: bool = False,
     desc: str = "",
@@ -144,36 +245,36 @@ def run_epoch(
 ) -> EpochResult:
     """One pass over `data` ([batch, len] on the model's device), state carried.
 
-    With an optimizer it trains (dropout on); without, it only scores. Costs are
-    summed on the device; the host reads them only when the progress bar refreshes.
+    With a `step` it trains (dropout on); without, it only scores. Costs are summed
+    on the device; the host reads them only when the progress bar refreshes.
     """
-    training = optimizer is not None
+    training = step is not None
     model.train(training)
-    params = [p for p in model.parameters() if p.requires_grad]
     batch_size, batch_len = data.shape
     steps = (batch_len - 1) // num_steps + int(include_tail and (batch_len - 1) % num_steps > 0)
     device = data.device
-    state: State = model.zero_state(batch_size, device)
+    if training:
+        step.reset_state()
+    else:
+        state: State = model.zero_state(batch_size, device)
     step_costs = torch.zeros(steps, device=device, dtype=torch.float64)
     iters = 0
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=1.0, disable=None)
     refresh_every = max(1, steps // 20)
     with torch.set_grad_enabled(training):
-        for step, (x, y) in enumerate(iterate_batches(data, num_steps, include_tail)):
+        for i, (x, y) in enumerate(iterate_batches(data, num_steps, include_tail)):
             if training:
-                cost, state = train_step(
-                    model, x, y, state, optimizer, params, max_grad_norm, precision
-                )
+                cost = step(x, y)
             else:
                 with autocast(device, precision):
                     cost, state = model.cost(x, y, state)
-            step_costs[step] = cost
+            step_costs[i] = cost
             iters += x.size(1)
             bar.update(1)
-            if (step + 1) % refresh_every == 0 or step + 1 == steps:
-                _check_finite(step_costs, step + 1, epoch, desc)
-                bar.set_postfix(ppl=f"{perplexity(step_costs[: step + 1].sum().item(), iters):.2f}")
+            if (i + 1) % refresh_every == 0 or i + 1 == steps:
+                _check_finite(step_costs, i + 1, epoch, desc)
+                bar.set_postfix(ppl=f"{perplexity(step_costs[: i + 1].sum().item(), iters):.2f}")
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -347,8 +448,10 @@ def train(
     keep_freed_memory()
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
+    set_precision(settings.precision)
     model = PTBModel(config).to(device)
-    optimizer = make_optimizer(model, config.learning_rate)
+    step = TrainStep(model, settings.precision, settings.cuda_graphs)
+    optimizer = step.optimizer
     identity = _identity(config_name, config, corpus, settings)
     state = load_checkpoint(checkpoint_path, identity, model, optimizer) or TrainState()
     resumed_from = state.epoch
@@ -367,15 +470,12 @@ def train(
     )
     for epoch in epochs:
         lr = learning_rate(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        step.set_lr(lr)
         trained = run_epoch(
             model,
             train_data,
             config.num_steps,
-            optimizer=optimizer,
-            max_grad_norm=config.max_grad_norm,
-            precision=settings.precision,
+            step=step,
             desc=f"epoch {epoch} train",
             epoch=epoch,
         )

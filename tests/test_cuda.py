@@ -1,0 +1,123 @@
+"""The CUDA fast path: a step replayed from a CUDA graph is the step run eagerly.
+
+Skipped without a CUDA device (CI has none); `scripts/gpu_measure.sh` runs them first
+on a GPU machine, before any measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ptblm.config import ModelConfig
+from ptblm.data import batchify, iterate_batches
+from ptblm.model import PTBModel
+from ptblm.train import TrainStep, run_epoch, set_precision
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CONFIG = ModelConfig(
+    init_scale=0.1,
+    learning_rate=1.0,
+    max_grad_norm=5.0,
+    num_layers=2,
+    num_steps=20,
+    hidden_size=200,
+    max_epoch=4,
+    max_max_epoch=13,
+    keep_prob=1.0,
+    lr_decay=0.5,
+    batch_size=20,
+    vocab_size=10000,
+)
+DEVICE = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def strict_fp32():
+    set_precision("fp32")
+
+
+def gpu_data(count: int, config: ModelConfig = CONFIG) -> torch.Tensor:
+    """[batch, count * num_steps + 1] random ids on the GPU: `count` training windows."""
+    tokens = config.batch_size * (count * config.num_steps + 1)
+    ids = torch.randint(0, config.vocab_size, (tokens,), generator=torch.Generator().manual_seed(0))
+    return batchify(ids, config.batch_size).to(DEVICE)
+
+
+def windows(count: int, config: ModelConfig = CONFIG):
+    return list(iterate_batches(gpu_data(count, config), config.num_steps))
+
+
+def costs_of(cuda_graph: bool, batches, config: ModelConfig = CONFIG) -> tuple[list[float], dict]:
+    torch.manual_seed(0)
+    model = PTBModel(config).to(DEVICE)
+    step = TrainStep(model, "fp32", cuda_graph=cuda_graph)
+    step.set_lr(0.5)
+    costs = [step(x, y) for x, y in batches]
+    return [c.item() for c in costs], {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_graph_replay_trains_like_eager_steps():
+    batches = windows(12)
+    eager, eager_weights = costs_of(False, batches)
+    graphed, graphed_weights = costs_of(True, batches)
+    assert graphed[: TrainStep.EAGER_STEPS] == eager[: TrainStep.EAGER_STEPS]
+    # the same kernels in the same order: equal to float32 rounding, amplified a little by lr
+    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-4, atol=0)
+    for name, want in eager_weights.items():
+        torch.testing.assert_close(graphed_weights[name], want, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_graph_follows_set_lr_and_reset_state():
+    """The captured step reads the learning rate and the carried state from their buffers."""
+    torch.manual_seed(0)
+    model = PTBModel(CONFIG).to(DEVICE)
+    step = TrainStep(model, "fp32")
+    step.set_lr(1.0)
+    batches = windows(TrainStep.EAGER_STEPS + 2)
+    for x, y in batches:
+        step(x, y)
+    assert step._graph is not None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step.set_lr(0.0)
+    x, y = batches[0]
+    step(x, y)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+    step.reset_state()
+    first = step(x, y).item()
+    step.reset_state()
+    assert step(x, y).item() == first  # lr 0, same input, same zero state: the same cost
+    assert step(x, y).item() != first  # carried state: another cost
+
+
+def test_dropout_masks_change_between_replays():
+    """cuDNN's between-layer dropout and torch's dropout both draw new masks per replay."""
+    for cudnn_only in (True, False):
+        torch.manual_seed(0)
+        model = PTBModel(dataclasses.replace(CONFIG, keep_prob=0.5)).to(DEVICE)
+        if cudnn_only:
+            model.dropout.p = 0.0  # only nn.LSTM's (cuDNN's) dropout between the layers
+        step = TrainStep(model, "fp32")
+        step.set_lr(0.0)
+        x, y = windows(1)[0]
+        costs = []
+        for _ in range(TrainStep.EAGER_STEPS + 4):
+            step.reset_state()
+            costs.append(step(x, y).item())
+        replayed = costs[TrainStep.EAGER_STEPS :]
+        assert len(set(replayed)) == len(replayed), (cudnn_only, costs)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_fast_precisions_stay_near_fp32(precision):
+    data = gpu_data(8)
+    torch.manual_seed(0)
+    reference = PTBModel(CONFIG).to(DEVICE)
+    fp32 = run_epoch(reference, data, CONFIG.num_steps).perplexity
+    set_precision(precision)
+    fast = run_epoch(reference, data, CONFIG.num_steps, precision=precision).perplexity
+    assert fast == pytest.approx(fp32, rel=1e-2)
