@@ -358,8 +358,10 @@ def measure_scaling(
 
 
 def git_commit() -> str:
-    """This checkout's commit (+ -dirty), or $PTBLM_COMMIT where there is no git (a bare GPU
-    machine gets a copy of the tree without .git)."""
+    """$PTBLM_COMMIT if set (a GPU machine gets a copy of the tree whose .git, if any, may be
+    stale), else this checkout's commit (+ -dirty)."""
+    if os.environ.get("PTBLM_COMMIT"):
+        return os.environ["PTBLM_COMMIT"]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -372,9 +374,7 @@ def git_commit() -> str:
         ).stdout.strip()
     except OSError:
         commit, dirty = "", ""
-    if not commit:
-        return os.environ.get("PTBLM_COMMIT", "unknown")
-    return commit + ("-dirty" if dirty else "")
+    return commit + ("-dirty" if dirty else "") if commit else "unknown"
 
 
 def environment(device: torch.device) -> dict:
