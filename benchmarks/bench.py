@@ -36,6 +36,7 @@ from ptblm.config import PRECISIONS, ModelConfig, load_params
 from ptblm.data import batchify, epoch_size, load_corpus
 from ptblm.model import PTBModel, detach
 from ptblm.train import (
+    TrainingError,
     TrainStep,
     evaluate_split,
     keep_freed_memory,
@@ -151,7 +152,7 @@ class Trainer:
 
     def run(self, steps: int) -> float:
         """Seconds for `steps` steps, synchronized at both ends."""
-        set_precision(self.precision)  # process-wide flags: set for whoever runs next
+        set_precision(self.precision, self.device)  # process-wide: set for each run
         synchronize(self.device)
         start = time.perf_counter()
         step = self.plain_step if self.is_plain else self.fast_step
@@ -240,7 +241,7 @@ def measure_evaluation(
         if same in rates:
             rates[name] = rates[same]
             continue
-        set_precision(precision)
+        set_precision(precision, work.device)
         if kind == "plain":
             plain_evaluate(model, work.eval_ids[:20], work.device)  # warm-up
             synchronize(work.device)
@@ -477,6 +478,19 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def supported(precisions: list[str], device: torch.device) -> list[str]:
+    """The precisions this device runs; each one left out is said why."""
+    kept = []
+    for precision in precisions:
+        try:
+            set_precision(precision, device)
+        except TrainingError as exc:
+            click.echo(f"skipping {precision}: {exc}")
+        else:
+            kept.append(precision)
+    return kept
+
+
 def candidate_names(precisions: list[str], with_eager: bool) -> list[str]:
     """The plain loop in fp32 (and tf32 when ours runs tf32), then ours in each precision,
     then (CUDA) ours without CUDA graphs."""
@@ -584,6 +598,7 @@ def main(
     params = load_params(ROOT / "params.yaml")
     dev = resolve_device(device)
     work = load_workload(dev, params.models["small"].vocab_size, seed)
+    precisions = supported(precisions, dev)
     names = candidate_names(precisions, with_eager and dev.type == "cuda")
     report: dict = {
         "environment": environment(dev),

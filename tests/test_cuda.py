@@ -37,7 +37,7 @@ DEVICE = torch.device("cuda")
 
 @pytest.fixture(autouse=True)
 def strict_fp32():
-    set_precision("fp32")
+    set_precision("fp32", DEVICE)
 
 
 def gpu_data(count: int, config: ModelConfig = CONFIG) -> torch.Tensor:
@@ -118,6 +118,6 @@ def test_fast_precisions_stay_near_fp32(precision):
     torch.manual_seed(0)
     reference = PTBModel(CONFIG).to(DEVICE)
     fp32 = run_epoch(reference, data, CONFIG.num_steps).perplexity
-    set_precision(precision)
+    set_precision(precision, DEVICE)
     fast = run_epoch(reference, data, CONFIG.num_steps, precision=precision).perplexity
     assert fast == pytest.approx(fp32, rel=1e-2)

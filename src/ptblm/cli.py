@@ -185,11 +185,12 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
     params = _params(params_path, model_name)  # before importing torch: bad params fail fast
     from .data import load_corpus
     from .plots import save_learning_curve
-    from .train import device_description, resolve_device, save_model, train
+    from .train import device_description, resolve_device, save_model, set_precision, train
 
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
+    set_precision(params.train.precision, device)  # fails before a tracking run is opened
     enabled = params.tracking.enabled if tracking_on is None else tracking_on
     tracker = (
         tracking.open_tracker(params.tracking, tracking.run_name(name))
@@ -261,9 +262,9 @@ def evaluate_command(params_path: Path, model_name: str | None) -> None:
     from .train import evaluate_split, load_model, resolve_device, set_precision
 
     name = params.model
-    set_precision(params.train.precision)
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
+    set_precision(params.train.precision, device)
     model = load_model(MODELS_DIR / name / "model.pt", name, params.config, corpus).to(device)
     tracker = _evaluate_tracker(params, MODELS_DIR / name / RUN_FILE)
     batch = params.evaluate.batch_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import statistics
 import time
@@ -84,13 +85,31 @@ def clip_by_global_norm(
     return norm
 
 
-def set_precision(precision: str) -> None:
+def set_precision(precision: str, device: torch.device) -> None:
     """fp32 means IEEE float32 everywhere, cuDNN included (PyTorch lets cuDNN use TF32 by
     default); tf32 lets CUDA matmuls and cuDNN multiply in TF32 on tensor cores (10-bit
     mantissa, float32 sums); bf16 autocasts (see `autocast`). On CPU tf32 is fp32."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_runs_bf16_lstm():
+        raise TrainingError(
+            "params: train.precision = 'bf16' needs a CPU whose oneDNN runs bfloat16 LSTMs "
+            "(AVX-512); this CPU has none: use fp32"
+        )
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+
+
+@functools.cache
+def cpu_runs_bf16_lstm() -> bool:
+    """Whether oneDNN has a bfloat16 LSTM for this CPU (it has none without AVX-512)."""
+    with torch.random.fork_rng(devices=[]):  # the probe's init must not move the seeded RNG
+        lstm = torch.nn.LSTM(4, 4)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(2, 1, 4))
+    except RuntimeError:
+        return False
+    return True
 
 
 def autocast(device: torch.device, precision: str):
@@ -448,7 +467,7 @@ def train(
     keep_freed_memory()
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    set_precision(settings.precision)
+    set_precision(settings.precision, device)
     model = PTBModel(config).to(device)
     step = TrainStep(model, settings.precision, settings.cuda_graphs)
     optimizer = step.optimizer
