@@ -86,6 +86,7 @@ BAD = [
     ("train.device", "tpu", ["train.device = 'tpu'", "auto, cpu, cuda"]),
     ("train.precision", "fp16", ["train.precision = 'fp16'", "fp32, tf32, bf16"]),
     ("train.num_threads", -2, ["train.num_threads", ">= 0"]),
+    ("train.cuda_graphs", "yes", ["train.cuda_graphs", "true or false"]),
     ("evaluate.batch_size", 0, ["evaluate.batch_size", ">= 1"]),
     ("tracking.on_unreachable", "ignore", ["tracking.on_unreachable", "fail, continue"]),
     ("tracking.enabled", "yes", ["tracking.enabled", "true or false"]),

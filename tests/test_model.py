@@ -239,3 +239,26 @@ def test_sgd_step_uses_the_summed_cost_gradient():
         model.named_parameters(), reference.parameters(), grads, strict=True
     ):
         torch.testing.assert_close(p, p_ref - 0.7 * scale * g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_train_step_carries_state_and_follows_set_lr_and_reset_state():
+    """The step keeps the carried state itself: zeroed by reset_state, new after every step."""
+    torch.manual_seed(0)
+    model = PTBModel(TINY)
+    step = TrainStep(model, cuda_graph=True)  # no CUDA here: eager, whatever is asked
+    assert not step.graphed
+    data = batchify(ids(3 * 6), 3)
+    x, y = data[:, :5], data[:, 1:]
+    step.set_lr(0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = step(x, y).item()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)  # lr 0
+    assert all(s.abs().sum() > 0 for s in step.state)
+    assert step(x, y).item() != first  # same window, carried state: another cost
+    step.reset_state()
+    assert all(s.abs().sum() == 0 for s in step.state)
+    assert step(x, y).item() == first
+    step.set_lr(0.5)
+    step(x, y)
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -19,7 +19,14 @@ from conftest import PROJECT_ROOT, tool_env
 
 from ptblm.config import ModelConfig, TrainParams
 from ptblm.data import load_corpus, prepare
-from ptblm.train import TrainingError, load_model, save_model, train
+from ptblm.train import (
+    TrainingError,
+    cpu_runs_bf16_lstm,
+    load_model,
+    save_model,
+    set_precision,
+    train,
+)
 
 TINY = ModelConfig(
     init_scale=0.1,
@@ -201,3 +208,26 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     assert f"resuming tiny after epoch {done}" in rerun.stderr + rerun.stdout
     assert _finished_outputs(killed) == _finished_outputs(straight)  # bit-identical on CPU
     assert not checkpoint.exists(), "a finished run cleans up its checkpoint"
+
+
+def test_bf16_probe_leaves_the_seeded_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    cpu_runs_bf16_lstm.cache_clear()
+    torch.manual_seed(0)
+    cpu_runs_bf16_lstm()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_bf16_on_a_cpu_without_bf16_lstm_is_one_clear_error(corpus, tmp_path):
+    """oneDNN has no bfloat16 LSTM without AVX-512: say so up front, not deep inside a step."""
+    cpu = torch.device("cpu")
+    if cpu_runs_bf16_lstm():
+        set_precision("bf16", cpu)  # this CPU has one: bf16 is allowed
+        return
+    with pytest.raises(TrainingError, match=r"train.precision = 'bf16'.*use fp32"):
+        set_precision("bf16", cpu)
+    settings = TrainParams(device="cpu", precision="bf16")
+    with pytest.raises(TrainingError, match="AVX-512"):
+        train("tiny", TINY, settings, corpus, tmp_path / "last.pt")
+    assert not (tmp_path / "last.pt").exists()
