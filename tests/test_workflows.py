@@ -64,6 +64,9 @@ def test_triggers(workflow):
     assert model["type"] == "choice"
     assert set(model["options"]) == {"small", "medium", "large", "test"}
     assert model["default"] in model["options"]
+    precision = on["workflow_dispatch"]["inputs"]["precision"]
+    assert set(precision["options"]) == {"fp32", "tf32", "bf16"}
+    assert precision["default"] == "tf32"
 
 
 def test_job_graph_is_acyclic_and_closed(workflow):
@@ -171,8 +174,10 @@ def test_gpu_job_runs_the_chosen_config_on_a_self_hosted_runner(workflow):
     job = jobs(workflow)["gpu-experiment"]
     assert "self-hosted" in job["runs-on"] and "gpu" in job["runs-on"]
     assert job["env"]["MODEL"] == "${{ inputs.model }}"
+    assert job["env"]["PRECISION"] == "${{ inputs.precision }}"
     text = script(job)
     assert 'dvc exp run -S "model=${MODEL}"' in text
+    assert '-S "train.precision=${PRECISION}"' in text
     assert "torch.cuda.is_available()" in text
     assert "index-url" not in text  # the default PyPI wheel is the CUDA one
     assert ".ci/report.py" in text and "GITHUB_STEP_SUMMARY" in text
