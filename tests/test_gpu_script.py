@@ -1,0 +1,56 @@
+"""scripts/gpu_measure.sh, the one-call GPU measurement, run for real on CPU.
+
+Its CUDA tests skip here and no GPU part is asked for, but the script's own logic runs:
+preparing data from the archive, the params copy the runs read, the deadline, the
+report of failed parts and the one archive the device tool brings back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import yaml
+from conftest import PROJECT_ROOT, make_project, run, tool_env
+
+
+def gpu_script(repo: Path, out: Path, *parts: str, **env: str):
+    environment = tool_env(repo, OUT=str(out), PYTHON=sys.executable, PTBLM_COMMIT="abc1234", **env)
+    return run(["bash", "scripts/gpu_measure.sh", *parts], repo, env=environment, check=False)
+
+
+def members(archive: Path) -> dict[str, str]:
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+
+
+def test_gpu_script_prepares_data_packs_results_and_keeps_its_deadline(tmp_path, shared_archive):
+    repo = make_project(tmp_path)
+    for folder in ("scripts", "tests"):
+        shutil.copytree(PROJECT_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__*"))
+
+    first = gpu_script(repo, tmp_path / "out1", "check", PTBLM_ARCHIVE=str(shared_archive))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (repo / "data" / "prepared" / "train.npy").is_file()
+    files = members(tmp_path / "out1" / "results.tar.gz")
+    assert "skipped" in files["results/logs/check.log"]  # no CUDA here
+    assert "commit abc1234; precision tf32" in files["results/logs/environment.txt"]
+    assert files["results/logs/durations.txt"].startswith("check: ")
+    params = yaml.safe_load(files["results/params-gpu.yaml"])
+    assert params["train"]["precision"] == "tf32"
+    assert params["tracking"]["enabled"] is False
+    assert params["models"] == yaml.safe_load((repo / "params.yaml").read_text())["models"]
+
+    late = gpu_script(repo, tmp_path / "out2", "check", "bench", DEADLINE_S="5")
+    assert late.returncode == 1
+    assert "check: skipped, deadline reached" in late.stdout
+    assert "failed: check bench" in late.stderr
+    assert (tmp_path / "out2" / "results.tar.gz").is_file()  # what ran is still packed
+
+    unknown = gpu_script(repo, tmp_path / "out3", "huge", PRECISION="fp32")
+    assert unknown.returncode == 1
+    assert "unknown part: huge" in unknown.stderr
+    params = yaml.safe_load((tmp_path / "out3" / "results" / "params-gpu.yaml").read_text())
+    assert params["train"]["precision"] == "fp32"
