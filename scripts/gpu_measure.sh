@@ -76,7 +76,8 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
             ;;
         bench)
             timeout "$limit" "$PYTHON" benchmarks/bench.py --device cuda \
-                --configs small,medium,large --precisions fp32,tf32 --scaling-precision tf32 \
+                --configs small,medium,large --precisions fp32,tf32,bf16 \
+                --scaling-precision tf32 --scaling-steps 50 \
                 --note "${BENCH_NOTE:-scripts/gpu_measure.sh}" \
                 --out "$RESULTS/benchmarks" 2>&1 | tee "$RESULTS/logs/bench.log"
             ;;
