@@ -175,12 +175,10 @@ class TrainStep:
         self._graph: torch.cuda.CUDAGraph | None = None
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            if self._lr is None:
-                group["lr"] = lr
-            else:  # also after optimizer.load_state_dict, which puts the saved value there
-                group["lr"] = self._lr
-                self._lr.fill_(lr)
+        for group in self.optimizer.param_groups:  # after optimizer.load_state_dict too,
+            group["lr"] = lr if self._lr is None else self._lr  # which puts the saved value
+        if self._lr is not None:
+            self._lr.fill_(lr)
 
     def reset_state(self) -> None:
         """Zero state, as at the start of every epoch (in place: the graph reads it)."""
@@ -198,13 +196,11 @@ class TrainStep:
             return self._capture(x, y)
         self._eager_steps += 1
         with self._side_stream():
-            cost, state = self._step(x, y)
-            for tensor, new in zip(self.state, state, strict=True):
-                tensor.copy_(new)
-        return cost
+            return self._step(x, y)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, State]:
-        return train_step(
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """train_step, with the next state copied into the carried-state buffers."""
+        cost, state = train_step(
             self.model,
             x,
             y,
@@ -214,6 +210,9 @@ class TrainStep:
             self.max_grad_norm,
             self.precision,
         )
+        for tensor, new in zip(self.state, state, strict=True):
+            tensor.copy_(new)
+        return cost
 
     @contextlib.contextmanager
     def _side_stream(self):
@@ -232,9 +231,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)  # gradients come from the graph's pool
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._cost, state = self._step(self._x, self._y)
-            for tensor, new in zip(self.state, state, strict=True):
-                tensor.copy_(new)
+            self._cost = self._step(self._x, self._y)
         self._graph = graph
         graph.replay()  # capture only records: this runs the step
         return self._cost.clone()
