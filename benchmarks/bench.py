@@ -51,6 +51,7 @@ TRAIN_TOKENS = 929_589  # reference.md: the train split, so epoch times are for 
 PLAIN = "plain fp32"
 EXACT = "plain fp64"  # the trajectory reference: the plain loop without float32 rounding
 EAGER = "eager"  # suffix of ours without CUDA graphs, e.g. "ours tf32 eager"
+MIN_DIFF = 1e-12  # per-step distances below this count as this in the geometric mean
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,11 @@ def check_trajectory(
     within 20 steps, so two float32 loops that sum in different orders drift apart by
     ~1e-3 even when both are right. The fair test is distance from the exact (float64)
     trajectory: ours fp32 passes if it stays as close to it as the plain fp32 loop does
-    (within 2x). tf32's and bf16's distances are reported, not judged. Dropout is off:
+    (within 2x), step by step. The verdict takes the geometric mean of the per-step
+    distances, not their maximum: `large` turns chaotic within a few steps (its cost
+    jumps ~4x at step 3 and amplifies rounding ~1e4-fold in that one step), so the last
+    steps' distances are mostly chance, while the mean weighs every step alike.
+    tf32's and bf16's distances are reported, not judged. Dropout is off:
     cuDNN draws its masks from a stream of its own, and a CUDA graph draws other masks
     than eager steps, so only dropout-free runs can follow one trajectory.
     """
@@ -317,11 +322,16 @@ def check_trajectory(
     exact = costs[EXACT]
     check: dict = {"steps": steps, "perplexity_exact": _perplexity(exact, config)}
     for name in names[1:]:
-        rel = max(abs(a - b) / abs(b) for a, b in zip(costs[name], exact, strict=True))
-        check[name] = {"max_rel_cost_diff": rel, "perplexity": _perplexity(costs[name], config)}
+        rel = [abs(a - b) / abs(b) for a, b in zip(costs[name], exact, strict=True)]
+        check[name] = {
+            "max_rel_cost_diff": max(rel),
+            "geomean_rel_cost_diff": statistics.geometric_mean(max(r, MIN_DIFF) for r in rel),
+            "rel_cost_diff_per_step": rel,
+            "perplexity": _perplexity(costs[name], config),
+        }
     if "ours fp32" in check:
-        plain = check[PLAIN]["max_rel_cost_diff"]
-        check["ok"] = check["ours fp32"]["max_rel_cost_diff"] <= 2 * plain
+        plain = check[PLAIN]["geomean_rel_cost_diff"]
+        check["ok"] = check["ours fp32"]["geomean_rel_cost_diff"] <= 2 * plain
     return check
 
 
@@ -435,13 +445,18 @@ def markdown(report: dict) -> str:
         ]
         for name, value in check.items():
             if isinstance(value, dict):
+                per_step = " ".join(f"{r:.1e}" for r in value["rel_cost_diff_per_step"])
                 lines.append(
-                    f"- {name}: perplexity {value['perplexity']:.4f}, max relative per-step "
-                    f"cost difference {value['max_rel_cost_diff']:.2e}"
+                    f"- {name}: perplexity {value['perplexity']:.4f}, relative per-step cost "
+                    f"difference: geometric mean {value['geomean_rel_cost_diff']:.2e}, max "
+                    f"{value['max_rel_cost_diff']:.2e}; per step: {per_step}"
                 )
         if "ok" in check:
             verdict = "OK" if check["ok"] else "NO"
-            lines.append(f"- ours fp32 as close to exact as plain fp32 (within 2x): {verdict}")
+            lines.append(
+                "- ours fp32 as close to exact as plain fp32 (geometric means within 2x): "
+                f"{verdict}"
+            )
     if report["scaling"]:
         lines += [
             "",
@@ -646,8 +661,11 @@ def main(
             report["trajectory"][name] = check
             for candidate, value in check.items():
                 if isinstance(value, dict):
-                    rel = value["max_rel_cost_diff"]
-                    click.echo(f"  trajectory {candidate}: max relative difference {rel:.2e}")
+                    click.echo(
+                        f"  trajectory {candidate}: relative difference, geometric mean "
+                        f"{value['geomean_rel_cost_diff']:.2e}, "
+                        f"max {value['max_rel_cost_diff']:.2e}"
+                    )
     out.mkdir(parents=True, exist_ok=True)
     if scaling:
         click.echo(f"scaling (ours, {scaling_precision})")
