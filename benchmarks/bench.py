@@ -120,6 +120,15 @@ class PlainModel(nn.Module):
         hidden, state = self.lstm(self.dropout(self.embedding(x)), state)
         return self.decoder(self.dropout(hidden)), state
 
+    def copy_into(self, ours: PTBModel) -> PTBModel:
+        """These weights in ours' layout, so ptblm's own evaluation can score them."""
+        with torch.no_grad():
+            ours.embedding.weight.copy_(self.embedding.weight)
+            ours.lstm.load_state_dict(self.lstm.state_dict())
+            ours.softmax.weight.copy_(self.decoder.weight.t())
+            ours.softmax.bias.copy_(self.decoder.bias)
+        return ours
+
 
 class Trainer:
     """Runs `steps` training steps of one candidate and says how long they took."""
@@ -168,15 +177,28 @@ class Trainer:
         return self.step(x, y)
 
     def plain_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """The loop most people write: logits, mean CE * num_steps, clip_grad_norm_, .item()."""
-        logits, state = self.model(x, self.state)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) * x.size(1)
-        self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.state = detach(state)
-        return loss.item()
+        cost, self.state = plain_train_step(
+            self.model, self.optimizer, x, y, self.state, self.config.max_grad_norm
+        )
+        return cost
+
+
+def plain_train_step(
+    model: PlainModel,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state,
+    max_grad_norm: float,
+) -> tuple[float, tuple]:
+    """The loop most people write: logits, mean CE * num_steps, clip_grad_norm_, .item()."""
+    logits, state = model(x, state)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) * x.size(1)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.item(), detach(state)
 
 
 def plain_evaluate(ours: PTBModel, ids: torch.Tensor, device: torch.device) -> float:

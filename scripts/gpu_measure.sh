@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine that has only torch (+ numpy, pyyaml, click, tqdm, pandas,
-# pytest): the CUDA tests, the benchmark, then the full small, medium and large
-# reproductions (train + evaluate, no tracking), everything packed into $OUT/results.tar.gz.
+# pytest): the CUDA tests, the benchmark, the full small, medium and large reproductions
+# (train + evaluate, no tracking), then the plain loop trained to the end on small and
+# compared with ours (benchmarks/plain_run.py), everything packed into $OUT/results.tar.gz.
 #
-#   OUT=/tmp/gpu scripts/gpu_measure.sh                       # check bench small medium large
-#   OUT=/tmp/gpu scripts/gpu_measure.sh large                 # or any subset, in that order
+#   OUT=/tmp/gpu scripts/gpu_measure.sh          # check bench small medium large plain-small
+#   OUT=/tmp/gpu scripts/gpu_measure.sh large plain-large   # or any parts, in that order
 #   PRECISION=fp32 DEADLINE_S=540 OUT=/tmp/gpu scripts/gpu_measure.sh small
 #
+# A plain-<config> part compares with metrics/<config>: run <config> first (here or before);
+# the plain loop has no autocast, so those parts need PRECISION fp32 or tf32.
 # PRECISION (default tf32) is train.precision for the reproductions. DEADLINE_S (default
 # none) stops the parts that would run past that many seconds from the start; training
 # then resumes from its checkpoint when this runs again on the same machine.
@@ -23,7 +26,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 RESULTS="$OUT/results"  # packed at the end: the device tool brings back only a few files
 mkdir -p "$RESULTS/logs"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(check bench small medium large)
+[ ${#parts[@]} -gt 0 ] || parts=(check bench small medium large plain-small)
 
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$PYTHON" -m pip install --quiet --no-index --no-deps .whl/*.whl
@@ -88,8 +91,13 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 | tee "$RESULTS/logs/evaluate-$1.log" \
                 && mkdir -p "$RESULTS/metrics" && cp -r "metrics/$1" "$RESULTS/metrics/"
             ;;
+        plain-small | plain-medium | plain-large | plain-test)
+            timeout "$limit" "$PYTHON" benchmarks/plain_run.py --config "${1#plain-}" \
+                --params "$GPU_PARAMS" --precision "$PRECISION" --ours "metrics/${1#plain-}" \
+                --out "$RESULTS/plain" 2>&1 | tee "$RESULTS/logs/$1.log"
+            ;;
         *)
-            echo "unknown part: $1 (check, bench, small, medium, large, test)" >&2
+            echo "unknown part: $1 (check, bench, small, medium, large, test, plain-<config>)" >&2
             return 2
             ;;
     esac

@@ -7,6 +7,7 @@ report of failed parts and the one archive the device tool brings back.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tarfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 from conftest import PROJECT_ROOT, make_project, run, tool_env
+from test_train import write_corpus
 
 
 def gpu_script(repo: Path, out: Path, *parts: str, **env: str):
@@ -22,8 +24,10 @@ def gpu_script(repo: Path, out: Path, *parts: str, **env: str):
 
 
 def members(archive: Path) -> dict[str, str]:
+    """Every file in the archive, as text (a PNG's bytes come out garbled, not as an error)."""
     with tarfile.open(archive) as tar:
-        return {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+        files = [m for m in tar.getmembers() if m.isfile()]
+        return {m.name: tar.extractfile(m).read().decode(errors="replace") for m in files}
 
 
 def test_gpu_script_prepares_data_packs_results_and_keeps_its_deadline(tmp_path, shared_archive):
@@ -54,3 +58,21 @@ def test_gpu_script_prepares_data_packs_results_and_keeps_its_deadline(tmp_path,
     assert "unknown part: huge" in unknown.stderr
     params = yaml.safe_load((tmp_path / "out3" / "results" / "params-gpu.yaml").read_text())
     assert params["train"]["precision"] == "fp32"
+
+
+def test_gpu_script_trains_ours_then_the_plain_loop_and_compares(tmp_path):
+    repo = make_project(tmp_path)
+    for folder in ("scripts", "tests", "benchmarks"):
+        shutil.copytree(PROJECT_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__*"))
+    write_corpus(repo, train_tokens=20_000)  # data/prepared: seconds of `test`, not minutes
+
+    out = tmp_path / "out"
+    done = gpu_script(repo, out, "test", "plain-test", PRECISION="fp32")
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = members(out / "results.tar.gz")
+    assert "results/metrics/test/eval.json" in files
+    report = json.loads(files["results/plain/plain-test.json"])
+    assert report["plain"]["precision"] == "fp32"
+    assert report["comparison"]["within_tolerance"] is True  # no dropout in `test`
+    assert "valid and test within 0.5%" in files["results/logs/plain-test.log"]
+    assert not any(name.startswith("results/partial-") for name in files)  # nothing interrupted

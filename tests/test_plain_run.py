@@ -1,0 +1,93 @@
+"""benchmarks/plain_run.py: the plain loop trained to the end and compared with ptblm's run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import PROJECT_ROOT, run, tool_env
+from test_train import TINY, write_corpus
+
+PLAIN_RUN = PROJECT_ROOT / "benchmarks" / "plain_run.py"
+
+
+def _project(root: Path, **changes) -> Path:
+    write_corpus(root, train_tokens=20_000)
+    config = dataclasses.asdict(dataclasses.replace(TINY, **changes))
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params.update(model="tiny", models={"tiny": config})
+    params["train"].update(device="cpu", num_threads=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _plain_run(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(PLAIN_RUN), "--device", "cpu", "--out", "out", *args]
+    return run(cmd, root, env=tool_env(), check=check)
+
+
+def test_plain_loop_lands_where_ours_does_and_bad_input_fails_first(tmp_path):
+    root = _project(tmp_path, keep_prob=1.0, max_max_epoch=3)  # no dropout: one trajectory
+    for stage in ("train", "evaluate"):
+        run([sys.executable, str(PROJECT_ROOT / "stages" / f"{stage}.py")], root, env=tool_env())
+
+    missing = _plain_run(root, "--config", "tiny", "--ours", "metrics/small", check=False)
+    assert missing.returncode == 2
+    assert "--ours" in missing.stderr and "metrics/small" in missing.stderr
+    unknown = _plain_run(root, "--config", "huge", check=False)
+    assert unknown.returncode == 2 and "'huge' is not a config" in unknown.stderr
+    assert not (root / "out").exists() and not (root / "checkpoints" / "plain-tiny").exists()
+
+    done = _plain_run(root, "--config", "tiny", "--ours", "metrics/tiny")
+    assert "valid and test within 0.5% of the plain loop: yes" in done.stdout
+    report = json.loads((root / "out" / "plain-tiny.json").read_text())
+    assert [r["epoch"] for r in report["plain"]["history"]] == [1, 2, 3]
+    comparison = report["comparison"]
+    for key in ("train_perplexity", "valid_perplexity", "test_perplexity"):
+        assert abs(comparison[key]["relative_difference"]) < 1e-4, (key, comparison[key])
+    ours = json.loads((root / "metrics" / "tiny" / "eval.json").read_text())
+    assert comparison["test_perplexity"]["ours"] == ours["test_perplexity"]
+    first_epoch = report["plain"]["history"][0]["train_perplexity"]
+    assert comparison["test_perplexity"]["plain"] < 0.8 * first_epoch  # it learned
+    assert not (root / "checkpoints" / "plain-tiny" / "last.pt").exists()
+
+
+def test_killed_plain_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
+    changes = {"max_max_epoch": 12}  # dropout on: resuming must restore the RNG stream too
+    straight = _project(tmp_path / "straight", **changes)
+    _plain_run(straight, "--config", "tiny")
+
+    killed = _project(tmp_path / "killed", **changes)
+    checkpoint = killed / "checkpoints" / "plain-tiny" / "last.pt"
+    cmd = [sys.executable, str(PLAIN_RUN), "--device", "cpu", "--out", "out", "--config", "tiny"]
+    proc = subprocess.Popen(
+        cmd, cwd=killed, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make epochs longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "out").exists()
+
+    rerun = _plain_run(killed, "--config", "tiny")
+    assert "resuming plain tiny after epoch" in rerun.stderr + rerun.stdout
+
+    def learned(root: Path) -> dict:
+        plain = json.loads((root / "out" / "plain-tiny.json").read_text())["plain"]
+        for record in plain["history"]:
+            del record["words_per_sec"], record["train_seconds"]
+        return {k: v for k, v in plain.items() if k != "training_time_s"}
+
+    assert learned(killed) == learned(straight)  # bit-identical on CPU
