@@ -61,7 +61,8 @@ def train_plain(
     torch.manual_seed(params.train.seed)  # as `ptblm train`: the same initial weights
     set_precision(precision, device)
     ours = PTBModel(config).to(device)
-    model = PlainModel(ours)
+    with torch.random.fork_rng(devices=[]):  # PlainModel's own init leaves the RNG where
+        model = PlainModel(ours)  # ptblm's training starts: on CPU, the same dropout masks
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
     identity = {
         "config_name": f"plain-{config_name}",

