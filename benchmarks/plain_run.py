@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bench import PlainModel, environment, plain_train_step, synchronize
 from ptblm.cli import CHECKPOINT_DIR, PREPARED_DIR, params_option
-from ptblm.config import load_params
+from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
@@ -51,10 +51,9 @@ TOLERANCE = 0.005  # the issue's bound on a GPU: final perplexities within 0.5%
 
 
 def train_plain(
-    config_name: str, params_path: Path, device_name: str, precision: str, checkpoint: Path
+    config_name: str, params: Params, device_name: str, precision: str, checkpoint: Path
 ) -> dict:
     """Plain-loop training of `config_name` to the end; its history and final perplexities."""
-    params = load_params(params_path)
     config = params.models[config_name]
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(device_name)
@@ -217,12 +216,13 @@ def main(
     started = time.perf_counter()
     checkpoint = CHECKPOINT_DIR / f"plain-{config_name}" / "last.pt"
     try:
-        if config_name not in load_params(params_path).models:
+        params = load_params(params_path)
+        if config_name not in params.models:
             raise click.BadParameter(
                 f"{config_name!r} is not a config of {params_path}", param_hint="--config"
             )
         ours = read_ours(ours_dir, config_name) if ours_dir is not None else None
-        plain = train_plain(config_name, params_path, device, precision, checkpoint)
+        plain = train_plain(config_name, params, device, precision, checkpoint)
     except PtblmError as exc:
         raise click.ClickException(str(exc)) from None
     report = {

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
 import yaml
-from conftest import PROJECT_ROOT, run, tool_env
+from conftest import PROJECT_ROOT, kill_after_epoch, run, tool_env
 from test_train import TINY, write_corpus
 
 PLAIN_RUN = PROJECT_ROOT / "benchmarks" / "plain_run.py"
@@ -68,17 +64,7 @@ def test_killed_plain_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     killed = _project(tmp_path / "killed", **changes)
     checkpoint = killed / "checkpoints" / "plain-tiny" / "last.pt"
     cmd = [sys.executable, str(PLAIN_RUN), "--device", "cpu", "--out", "out", "--config", "tiny"]
-    proc = subprocess.Popen(
-        cmd, cwd=killed, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; make epochs longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_after_epoch(cmd, killed, checkpoint)
     assert not (killed / "out").exists()
 
     rerun = _plain_run(killed, "--config", "tiny")

@@ -6,16 +6,14 @@ import dataclasses
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, tool_env
+from conftest import PROJECT_ROOT, kill_after_epoch, tool_env
 
 from ptblm.config import ModelConfig, TrainParams
 from ptblm.data import load_corpus, prepare
@@ -177,21 +175,7 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
 
     killed = _project(tmp_path / "killed", epochs)
     checkpoint = killed / "checkpoints" / "tiny" / "last.pt"
-    proc = subprocess.Popen(
-        _train_cmd(),
-        cwd=killed,
-        env=tool_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed; make epochs longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_after_epoch(_train_cmd(), killed, checkpoint)
     assert not (killed / "metrics" / "tiny" / "train.json").exists()
     done = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 2 <= done < epochs
