@@ -131,3 +131,39 @@ def shared_archive() -> Path:
             f"the shared PTB archive is missing at {SHARED_ARCHIVE}; set PTBLM_TEST_ARCHIVE"
         )
     return SHARED_ARCHIVE
+
+
+def trained_perplexities(device: torch.device, precision: str) -> tuple[float, float]:
+    """Valid perplexity of a model trained ~370 fp32 steps on a learnable synthetic stream,
+    scored in fp32 and in `precision`. Trained first: an untrained model scores ~vocab size
+    whatever the arithmetic, so only a trained one shows a broken fast path."""
+    from ptblm.config import ModelConfig
+    from ptblm.data import batchify
+    from ptblm.model import PTBModel
+    from ptblm.train import TrainStep, run_epoch, set_precision
+
+    config = ModelConfig(
+        init_scale=0.1, learning_rate=1.0, max_grad_norm=5.0, num_layers=2, num_steps=20,
+        hidden_size=64, max_epoch=4, max_max_epoch=13, keep_prob=1.0, lr_decay=0.5,
+        batch_size=20, vocab_size=200,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    # a noisy cycle: the next word is the last one plus 1, 7 times in 8
+    jumps = torch.where(torch.rand(60_000, generator=gen) < 7 / 8, 1, 0)
+    jumps += (jumps == 0) * torch.randint(0, config.vocab_size, (60_000,), generator=gen)
+    ids = jumps.cumsum(0) % config.vocab_size
+    train_data = batchify(ids[:50_000], config.batch_size).to(device)
+    valid_data = batchify(ids[50_000:], config.batch_size).to(device)
+    set_precision("fp32", device)
+    torch.manual_seed(0)
+    model = PTBModel(config).to(device)
+    step = TrainStep(model, "fp32")
+    for _ in range(3):  # 124 windows an epoch
+        run_epoch(model, train_data, config.num_steps, step=step)
+    fp32 = run_epoch(model, valid_data, config.num_steps).perplexity
+    set_precision(precision, device)
+    try:
+        fast = run_epoch(model, valid_data, config.num_steps, precision=precision).perplexity
+    finally:
+        set_precision("fp32", device)
+    return fp32, fast

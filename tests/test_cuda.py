@@ -11,6 +11,8 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import trained_perplexities
+
 from ptblm.config import ModelConfig
 from ptblm.data import batchify, iterate_batches
 from ptblm.model import PTBModel
@@ -114,10 +116,9 @@ def test_dropout_masks_change_between_replays():
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_fast_precisions_stay_near_fp32(precision):
-    data = gpu_data(8)
-    torch.manual_seed(0)
-    reference = PTBModel(CONFIG).to(DEVICE)
-    fp32 = run_epoch(reference, data, CONFIG.num_steps).perplexity
-    set_precision(precision, DEVICE)
-    fast = run_epoch(reference, data, CONFIG.num_steps, precision=precision).perplexity
-    assert fast == pytest.approx(fp32, rel=1e-2)
+    """Within 2% on a trained model; a broken path misses by far more: in the CPU bf16 twin
+    of this check (tests/test_train.py) fp32 scored 3.4200 and bf16 3.4204, and zeroing the
+    LSTM's output under autocast made it 206.3."""
+    fp32, fast = trained_perplexities(DEVICE, precision)
+    assert fp32 < 20  # it learned the stream (uniform would be 200)
+    assert fast == pytest.approx(fp32, rel=2e-2)

@@ -106,6 +106,25 @@ def test_fused_linear_cross_entropy_matches_autograd(dtype):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
+def test_fused_loss_stays_finite_past_float32_underflow():
+    """A target 110 nats below the best logit: its softmax probability underflows float32
+    (below ~1e-45), yet the loss is logsumexp - logit, finite, as F.cross_entropy's is."""
+    hidden = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    weight = torch.tensor([[0.0, 110.0, 3.0, -2.0]], requires_grad=True)
+    bias = torch.zeros(4, requires_grad=True)
+    target = torch.tensor([0, 1])
+    assert torch.softmax(hidden.detach() @ weight.detach(), dim=1)[0, 0] == 0  # underflowed
+    fused = LinearCrossEntropy.apply(hidden, weight, bias, target)
+    fused_grads = torch.autograd.grad(fused, [hidden, weight, bias])
+    ref = F.cross_entropy(hidden @ weight + bias, target, reduction="sum")
+    ref_grads = torch.autograd.grad(ref, [hidden, weight, bias])
+    assert math.isfinite(fused.item())
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert fused.item() == pytest.approx(110.0, rel=1e-6)
+    for got, want in zip(fused_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_clip_by_global_norm_is_tf_formula_applied_by_the_step():
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
     optimizer = torch.optim.SGD(params, lr=0.5, fused=True)
@@ -160,7 +179,7 @@ def test_learning_rate_schedule():
     assert learning_rate(large, 55) == pytest.approx(1.15**-41)
 
 
-def test_state_is_carried_across_batches_and_zeroed_each_epoch():
+def test_state_is_carried_across_batches():
     torch.manual_seed(0)
     model = PTBModel(dataclasses.replace(TINY, init_scale=1.0))  # so the state matters
     data = batchify(ids(3 * 41), 3)  # batch_len 41: 40 predictions per row
@@ -168,7 +187,6 @@ def test_state_is_carried_across_batches_and_zeroed_each_epoch():
     short_windows = run_epoch(model, data, 5)
     # same tokens scored: carrying state makes the window length irrelevant
     assert short_windows.perplexity == pytest.approx(long_windows.perplexity, rel=1e-5)
-    assert run_epoch(model, data, 5).perplexity == short_windows.perplexity  # fresh zero state
 
     # without carrying state, the numbers would differ
     fresh = []
@@ -180,16 +198,30 @@ def test_state_is_carried_across_batches_and_zeroed_each_epoch():
     assert math.exp(sum(fresh) / 40) != pytest.approx(short_windows.perplexity, rel=1e-3)
 
 
+def test_training_epochs_start_from_the_zero_state():
+    """The training path: at lr 0 the weights stay put, so two epochs score the same only if
+    each starts from zero rather than from the state the last one ended with."""
+    torch.manual_seed(0)
+    model = PTBModel(dataclasses.replace(TINY, init_scale=1.0))  # so the state matters
+    data = batchify(ids(3 * 41), 3)
+    step = TrainStep(model)
+    step.set_lr(0.0)
+    first = run_epoch(model, data, 5, step=step)
+    assert any(s.abs().sum() > 0 for s in step.state)  # the epoch ended in a non-zero state
+    second = run_epoch(model, data, 5, step=step)
+    assert second.perplexity == first.perplexity
+
+
 def test_training_detaches_state_between_batches():
+    """The state the step carries into the next window holds values, not the last graph: a
+    state that kept it would make the next backward walk into the freed graph (and BPTT
+    would no longer be truncated)."""
     torch.manual_seed(0)
     model = PTBModel(TINY)
-    state = model.zero_state(3)
-    x = ids(15).view(3, 5)
-    cost, state = model.cost(x, x, state)
-    cost.backward()
-    assert state[0].requires_grad  # the graph reaches back into this batch...
-    cost, _ = model.cost(x, x, detach(state))
-    cost.backward()  # ...and after detach the next backward does not walk into it
+    step = TrainStep(model)
+    data = batchify(ids(3 * 16), 3)  # three windows of 5 steps
+    run_epoch(model, data, 5, step=step)
+    assert all(s.grad_fn is None and not s.requires_grad for s in step.state)
 
 
 def test_perplexity_is_exp_of_cost_over_steps():

@@ -121,21 +121,28 @@ class LinearCrossEntropy(torch.autograd.Function):
     up to float rounding, but the [tokens, vocab] logits buffer (16 MB per small-config
     step, which memory bandwidth makes the costly part on CPU) is touched only three
     times after the product that writes it: one fused softmax in place, whose output
-    becomes its own gradient, and the two products that read that gradient. The loss
-    is -log(softmax at the target), exact while that probability is a float32 (a
-    per-token loss up to ~100 nats); beyond it is inf, which training reports as
-    divergence.
+    becomes its own gradient, and the two products that read that gradient.
+
+    The loss is logsumexp(logits) - logit[target], finite at any logit gap, as
+    F.cross_entropy's is (-log(softmax at the target) turns inf once that probability
+    underflows float32, at a gap of ~104 nats). logsumexp comes from two cheap row
+    maxima rather than torch.logsumexp's extra passes: with m the largest logit and
+    S = sum(exp(logits - m)), the softmax's largest entry is exp(0) / S = 1 / S, which
+    never underflows (S <= vocab), so logsumexp = m + log(S) = m - log(max softmax).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target):
         logits = matmul(hidden, weight.to(hidden.dtype), bias.to(hidden.dtype))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        probs = torch.softmax(logits, dim=1, out=logits)
         rows = torch.arange(target.numel(), device=target.device)
+        target_logits = logits[rows, target]  # copies: read before the softmax overwrites
+        row_max = logits.amax(dim=1)
+        probs = torch.softmax(logits, dim=1, out=logits)
         target_probs = probs[rows, target]
         ctx.save_for_backward(hidden, weight, probs, target_probs, target)
-        return -target_probs.log().sum()
+        log_sum_exp = row_max - probs.amax(dim=1).log()
+        return (log_sum_exp - target_logits).sum()
 
     @staticmethod
     @once_differentiable
