@@ -10,13 +10,12 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import trained_perplexities
 
 from ptblm.config import ModelConfig
 from ptblm.data import batchify, iterate_batches
 from ptblm.model import PTBModel
-from ptblm.train import TrainStep, run_epoch, set_precision
+from ptblm.train import TrainStep, set_precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

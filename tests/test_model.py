@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from ptblm import model as model_module
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
-from ptblm.model import LinearCrossEntropy, PTBModel, detach, matmul
+from ptblm.model import LinearCrossEntropy, PTBModel, matmul
 from ptblm.train import (
     TrainStep,
     clip_by_global_norm,

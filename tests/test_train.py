@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import subprocess
@@ -16,11 +17,12 @@ import yaml
 from conftest import PROJECT_ROOT, kill_after_epoch, tool_env, trained_perplexities
 
 from ptblm.config import ModelConfig, TrainParams
-from ptblm.data import load_corpus, prepare
+from ptblm.data import DataError, load_corpus, prepare
 from ptblm.train import (
     TrainingError,
     cpu_runs_bf16_lstm,
     load_model,
+    perplexity,
     save_model,
     set_precision,
     train,
@@ -87,8 +89,35 @@ def test_training_lowers_perplexity_and_is_deterministic(corpus, tmp_path):
 
 def test_divergence_stops_with_epoch_and_step(corpus, tmp_path):
     exploding = dataclasses.replace(TINY, learning_rate=3e38, max_grad_norm=1e38, keep_prob=1.0)
-    with pytest.raises(TrainingError, match=r"at epoch 1, step \d+; training diverged"):
+    with pytest.raises(
+        TrainingError, match=r"^epoch 1 train: loss is (nan|inf) at step \d+; training diverged"
+    ):
         train("tiny", exploding, TrainParams(device="cpu"), corpus, tmp_path / "ckpt.pt")
+
+
+def test_nan_in_validation_names_its_epoch_and_split(corpus, tmp_path):
+    """A fault injected into validation only (the LSTM's output in eval mode made NaN)."""
+
+    def nan_when_scoring(module, args, output):
+        if isinstance(module, torch.nn.LSTM) and not module.training:
+            return (torch.full_like(output[0], math.nan), output[1])
+        return None
+
+    hook = torch.nn.modules.module.register_module_forward_hook(nan_when_scoring)
+    try:
+        with pytest.raises(TrainingError, match=r"^epoch 1 valid: loss is nan at step 1; "):
+            train("tiny", TINY, TrainParams(device="cpu"), corpus, tmp_path / "ckpt.pt")
+    finally:
+        hook.remove()
+    assert perplexity(math.nan, 10) != perplexity(math.nan, 10)  # NaN, not inf
+    assert perplexity(1e6, 10) == math.inf
+
+
+def test_split_shorter_than_one_window_fails_before_training(corpus, tmp_path):
+    too_long = dataclasses.replace(TINY, num_steps=100)  # train rows: 440 tokens, valid: 88
+    with pytest.raises(DataError, match=r"^the valid split's .* shorter than one window"):
+        train("tiny", too_long, TrainParams(device="cpu"), corpus, tmp_path / "ckpt.pt")
+    assert not (tmp_path / "ckpt.pt").exists()
 
 
 def test_vocab_size_smaller_than_corpus_is_refused(corpus, tmp_path):
@@ -108,7 +137,49 @@ def test_checkpoint_of_another_run_is_not_resumed(corpus, tmp_path, capsys):
     )
     assert result.resumed_from_epoch == 0
     captured = capsys.readouterr()
-    assert "is for another run (differs in config)" in captured.out + captured.err
+    assert "it was written with other hyperparameters; starting fresh" in captured.out
+
+
+def test_checkpoint_from_other_code_or_data_is_not_resumed(corpus, tmp_path, capsys):
+    """Resuming across a change of model.py (say) would mix two codes in one model."""
+    checkpoint = tmp_path / "last.pt"
+    short = dataclasses.replace(TINY, max_max_epoch=1)
+    settings = TrainParams(device="cpu")
+
+    def resumed(code: str, data=corpus) -> int:
+        return train(
+            "tiny", short, settings, data, checkpoint, code_version=code
+        ).resumed_from_epoch
+
+    assert not resumed("v1")
+    after_one_epoch = checkpoint.read_bytes()
+    assert resumed("v1") == 1  # the control: same code and data, resumed (nothing left to do)
+    checkpoint.write_bytes(after_one_epoch)
+    assert not resumed("v2")
+    assert "written with other code; starting fresh" in capsys.readouterr().out
+    checkpoint.write_bytes(after_one_epoch)
+    other_ids = dict(corpus.splits, train=corpus.splits["train"].flip(0))  # same vocabulary
+    assert not resumed("v1", dataclasses.replace(corpus, splits=other_ids))
+    assert "written with other data; starting fresh" in capsys.readouterr().out
+
+
+def test_a_checkpoint_that_cannot_be_read_for_io_reasons_is_not_thrown_away(corpus, tmp_path):
+    """Only a torn or foreign file means "start over"; an I/O error surfaces."""
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.mkdir()  # reading it fails with IsADirectoryError, an OSError
+    with pytest.raises(IsADirectoryError):
+        train("tiny", TINY, TrainParams(device="cpu"), corpus, checkpoint)
+
+
+def test_a_torn_checkpoint_starts_fresh(corpus, tmp_path, capsys):
+    checkpoint = tmp_path / "last.pt"
+    short = dataclasses.replace(TINY, max_max_epoch=1)
+    train("tiny", short, TrainParams(device="cpu"), corpus, checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    assert not train(
+        "tiny", short, TrainParams(device="cpu"), corpus, checkpoint
+    ).resumed_from_epoch
+    assert "ignoring unreadable checkpoint" in capsys.readouterr().out
 
 
 def test_model_file_for_other_config_or_vocab_is_refused(corpus, tmp_path):

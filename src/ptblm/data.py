@@ -69,6 +69,14 @@ class Corpus:
     def fingerprint(self) -> str:
         return vocab_fingerprint(self.vocab)
 
+    def ids_fingerprint(self) -> str:
+        """Identifies the id arrays themselves (same vocabulary, other text: another hash)."""
+        digest = hashlib.sha256()
+        for split in SPLITS:
+            digest.update(split.encode())
+            digest.update(self.splits[split].numpy().tobytes())
+        return digest.hexdigest()
+
 
 def prepare(text_dir: Path, out_dir: Path) -> dict:
     """Read the three splits, write vocab.txt + <split>.npy + meta.json; return the stats."""
@@ -121,6 +129,16 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def epoch_size(num_tokens: int, batch_size: int, num_steps: int) -> int:
     return (num_tokens // batch_size - 1) // num_steps
+
+
+def require_windows(split: str, num_tokens: int, batch_size: int, num_steps: int) -> None:
+    """A split that holds no whole window would train or score nothing (and divide by zero)."""
+    if epoch_size(num_tokens, batch_size, num_steps) < 1:
+        raise DataError(
+            f"the {split} split's {num_tokens:,} tokens give rows of {num_tokens // batch_size} "
+            f"at batch_size {batch_size}, shorter than one window (num_steps {num_steps} + 1); "
+            "lower batch_size or num_steps"
+        )
 
 
 def iterate_batches(

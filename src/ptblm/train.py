@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import functools
 import math
+import pickle
 import statistics
 import time
 from collections.abc import Callable
@@ -21,12 +22,12 @@ import torch
 from tqdm import tqdm
 
 from .config import ModelConfig, TrainParams
-from .data import Corpus, batchify, iterate_batches
+from .data import Corpus, batchify, iterate_batches, require_windows
 from .errors import PtblmError
 from .fsutil import atomic_path
 from .model import PTBModel, State, detach
 
-CHECKPOINT_FORMAT = 2  # 2: softmax weight in TF's [hidden, vocab] layout; fused SGD
+CHECKPOINT_FORMAT = 3  # 3: code and data in the identity; the tracking run id
 MODEL_FORMAT = 2
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
@@ -300,18 +301,26 @@ def run_epoch(
 
 
 def perplexity(total_cost: float, steps: int) -> float:
-    """exp(costs / iters), inf rather than OverflowError for a model gone wild."""
+    """exp(costs / iters), inf rather than OverflowError for a model gone wild; NaN stays NaN."""
     mean = total_cost / steps
+    if math.isnan(mean):
+        return math.nan
     return math.exp(mean) if mean < 709.0 else math.inf
 
 
 def _check_finite(step_costs: torch.Tensor, done: int, epoch: int, desc: str) -> None:
+    """Stop at the first non-finite cost, naming the epoch, the split (in `desc`) and the step;
+    epoch 0 means scoring a trained model, not training one."""
     bad = (~torch.isfinite(step_costs[:done])).nonzero()
     if bad.numel():
         step = int(bad[0]) + 1
+        fix = (
+            "training diverged: lower learning_rate or max_grad_norm"
+            if epoch
+            else "the model gives non-finite scores: retrain it"
+        )
         raise TrainingError(
-            f"{desc or 'run'}: loss is {step_costs[step - 1].item()} at epoch {epoch}, "
-            f"step {step}; training diverged: lower learning_rate or max_grad_norm"
+            f"{desc or 'run'}: loss is {step_costs[step - 1].item()} at step {step}; {fix}"
         )
 
 
@@ -343,23 +352,42 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _identity(config_name: str, config: ModelConfig, corpus: Corpus, settings: TrainParams):
+def run_identity(
+    config_name: str,
+    config: ModelConfig,
+    corpus: Corpus,
+    settings: TrainParams,
+    code_version: str = "",
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the config, the data (vocabulary and the
+    id arrays), the seed and precision, and the code that trains (`codedeps.code_version`)."""
     return {
         "config_name": config_name,
         "config": asdict(config),
         "vocab_fingerprint": corpus.fingerprint,
+        "ids_fingerprint": corpus.ids_fingerprint(),
+        "code_version": code_version,
         "seed": settings.seed,
         "precision": settings.precision,
     }
 
 
-def save_checkpoint(path: Path, identity: dict, model, optimizer, lr: float, state: TrainState):
+def save_checkpoint(
+    path: Path,
+    identity: dict,
+    model,
+    optimizer,
+    lr: float,
+    state: TrainState,
+    tracking_run_id: str | None = None,
+):
     payload = {
         "format": CHECKPOINT_FORMAT,
         **identity,
         "epoch": state.epoch,
         "lr": lr,
         "history": state.history,
+        "tracking_run_id": tracking_run_id,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng_cpu": torch.get_rng_state(),
@@ -369,22 +397,53 @@ def save_checkpoint(path: Path, identity: dict, model, optimizer, lr: float, sta
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path, identity: dict, model, optimizer) -> TrainState | None:
-    """Restore a checkpoint written for this exact run; None (and a note) otherwise."""
+# What a torn, truncated or foreign checkpoint raises on loading (torch's zip reader raises
+# RuntimeError; weights_only refusing an object, UnpicklingError). I/O errors are not here:
+# a disk or permission problem must surface, not silently throw the run's progress away.
+UNREADABLE_CHECKPOINT = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError)
+
+
+def _read_checkpoint(path: Path, identity: dict) -> dict | None:
+    """The checkpoint's payload if it was written for this exact run; None (and a note)."""
     if not path.exists():
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file: never trust it, never crash on it
-        tqdm.write(f"note: ignoring unreadable checkpoint {path} ({exc}); starting fresh")
+    except UNREADABLE_CHECKPOINT as exc:
+        reason = " ".join(str(exc).split())[:200]
+        tqdm.write(f"note: ignoring unreadable checkpoint {path} ({reason}); starting fresh")
+        return None
+    if not isinstance(payload, dict):
+        tqdm.write(f"note: ignoring {path}: not a ptb-lm checkpoint; starting fresh")
         return None
     expected = {"format": CHECKPOINT_FORMAT, **identity}
     mismatched = [k for k, v in expected.items() if payload.get(k) != v]
     if mismatched:
+        why = {
+            "code_version": "code",
+            "ids_fingerprint": "data",
+            "vocab_fingerprint": "vocabulary",
+            "config": "hyperparameters",
+            "config_name": "config",
+        }
         tqdm.write(
-            f"note: checkpoint {path} is for another run (differs in {', '.join(mismatched)}); "
-            "starting fresh"
+            f"note: not resuming {path}: it was written with other "
+            f"{', '.join(why.get(k, k) for k in mismatched)}; starting fresh"
         )
+        return None
+    return payload
+
+
+def checkpoint_run_id(path: Path, identity: dict) -> str | None:
+    """The tracking run a resumable checkpoint belongs to, so a resumed run logs to it."""
+    payload = _read_checkpoint(path, identity)
+    return payload.get("tracking_run_id") if payload else None
+
+
+def load_checkpoint(path: Path, identity: dict, model, optimizer) -> TrainState | None:
+    """Restore a checkpoint written for this exact run; None (and a note) otherwise."""
+    payload = _read_checkpoint(path, identity)
+    if payload is None:
         return None
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -445,6 +504,17 @@ class TrainResult:
     resumed_from_epoch: int
 
 
+def resume_note(config_name: str, epoch: int, path: Path, device: torch.device, config) -> str:
+    """Where a resumed run is the uninterrupted one, and where only a run like it."""
+    note = f"resuming {config_name} after epoch {epoch} from {path}"
+    if device.type == "cuda" and config.keep_prob < 1:
+        note += (
+            " (on CUDA the resumed run is equivalent in distribution, not bit-identical: "
+            "cuDNN's dropout RNG is not in the checkpoint; on CPU resuming is exact)"
+        )
+    return note
+
+
 def train(
     config_name: str,
     config: ModelConfig,
@@ -452,13 +522,21 @@ def train(
     corpus: Corpus,
     checkpoint_path: Path,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    code_version: str = "",
+    tracking_run_id: str | None = None,
 ) -> TrainResult:
-    """Train `config` for max_max_epoch epochs, resuming from `checkpoint_path` if it fits."""
+    """Train `config` for max_max_epoch epochs, resuming from `checkpoint_path` if it fits.
+
+    The checkpoint records `tracking_run_id`, so a rerun after a kill logs into the same run.
+    """
     if len(corpus.vocab) > config.vocab_size:
         raise TrainingError(
             f"params: models.{config_name}.vocab_size = {config.vocab_size} is smaller than the "
             f"prepared vocabulary ({len(corpus.vocab)} words); set it to {len(corpus.vocab)}"
         )
+    for split in ("train", "valid"):
+        require_windows(split, corpus.splits[split].numel(), config.batch_size, config.num_steps)
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     keep_freed_memory()
@@ -468,11 +546,11 @@ def train(
     model = PTBModel(config).to(device)
     step = TrainStep(model, settings.precision, settings.cuda_graphs)
     optimizer = step.optimizer
-    identity = _identity(config_name, config, corpus, settings)
+    identity = run_identity(config_name, config, corpus, settings, code_version)
     state = load_checkpoint(checkpoint_path, identity, model, optimizer) or TrainState()
     resumed_from = state.epoch
     if resumed_from:
-        tqdm.write(f"resuming {config_name} after epoch {resumed_from} from {checkpoint_path}")
+        tqdm.write(resume_note(config_name, resumed_from, checkpoint_path, device, config))
 
     train_data = batchify(corpus.splits["train"], config.batch_size).to(device)
     valid_data = batchify(corpus.splits["valid"], config.batch_size).to(device)
@@ -496,7 +574,12 @@ def train(
             epoch=epoch,
         )
         valid = run_epoch(
-            model, valid_data, config.num_steps, precision=settings.precision, desc="valid"
+            model,
+            valid_data,
+            config.num_steps,
+            precision=settings.precision,
+            desc=f"epoch {epoch} valid",
+            epoch=epoch,
         )
         record = {
             "epoch": epoch,
@@ -508,7 +591,7 @@ def train(
         }
         state.history.append(record)
         state.epoch = epoch
-        save_checkpoint(checkpoint_path, identity, model, optimizer, lr, state)
+        save_checkpoint(checkpoint_path, identity, model, optimizer, lr, state, tracking_run_id)
         tqdm.write(
             f"epoch {epoch:3d}  lr {lr:.4f}  train ppl {trained.perplexity:8.2f}  "
             f"valid ppl {valid.perplexity:8.2f}  {trained.words_per_sec:9.0f} words/s  "

@@ -1,0 +1,53 @@
+"""What every command shares: the project's paths, the --params/--model options, one-line errors."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from ..config import Params, load_params
+from ..errors import PtblmError
+
+RAW_ARCHIVE = Path("data/raw/simple-examples.tgz")
+TEXT_DIR = Path("data/ptb")
+PREPARED_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+CHECKPOINT_DIR = Path("checkpoints")
+RUN_FILE = "mlflow_run.json"  # models/<config>/: the MLflow run id train hands to evaluate
+
+params_option = click.option(
+    "--params",
+    "params_path",
+    type=click.Path(path_type=Path),
+    default=Path("params.yaml"),
+    show_default=True,
+    help="The params file to read.",
+)
+model_option = click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Config to use instead of params.yaml's `model` (small, medium, large, test, ...).",
+)
+
+
+def fails_cleanly(command):
+    """Expected failures become one line on stderr and exit code 1, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PtblmError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def selected_params(params_path: Path, model_name: str | None = None) -> Params:
+    """params.yaml, validated, with `--model` (if given) as the selected config."""
+    params = load_params(params_path)
+    return params.with_model(model_name) if model_name else params
