@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from bench import PlainModel, environment, plain_train_step, synchronize
-from ptblm.cli import CHECKPOINT_DIR, PREPARED_DIR, params_option
+from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
 from ptblm.errors import PtblmError

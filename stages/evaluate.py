@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: see `--help`; the work is in the ptblm library."""
 
-from ptblm.cli import evaluate_command as command
+from ptblm.commands.evaluate import evaluate_command as command
 
 if __name__ == "__main__":
     command()

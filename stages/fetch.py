@@ -1,6 +1,6 @@
 """DVC stage `fetch`: see `--help`; the work is in the ptblm library."""
 
-from ptblm.cli import fetch as command
+from ptblm.commands.fetch import fetch as command
 
 if __name__ == "__main__":
     command()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT, run, tool_env
 
-STAGES = ("fetch", "extract", "prepare", "train", "evaluate")
+STAGES = ("fetch", "extract", "prepare", "check", "train", "evaluate")
 
 
 def test_ptblm_help_lists_the_stages(tmp_path: Path) -> None:
@@ -29,7 +29,8 @@ def test_ptblm_help_lists_the_stages(tmp_path: Path) -> None:
         ("extract", ["--archive", "--out", "MD5"]),
         ("prepare", ["--text-dir", "--out", "--metrics"]),
         ("train", ["--params", "--model", "--tracking / --no-tracking"]),
-        ("evaluate", ["--params", "--model"]),
+        ("check", ["--params", "--model", "data/checked"]),
+        ("evaluate", ["--params", "--model", "--tracking / --no-tracking"]),
     ],
 )
 def test_each_stage_script_has_help(tmp_path: Path, stage: str, options: list[str]) -> None:

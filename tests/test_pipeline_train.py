@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -61,11 +62,78 @@ def test_exp_show_lists_config_hyperparameters_and_perplexities(trained):
 def test_only_the_selected_configs_params_are_tracked(trained):
     repo, env, _ = trained
     assert "up to date" in dvc(repo, "status", env=env).stdout
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["models"]["large"]["hidden_size"] = 1234
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "up to date" in dvc(repo, "status", env=env).stdout
-    params["models"]["test"]["hidden_size"] = 3
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = dvc(repo, "status", env=env).stdout
-    assert "train:" in status and "models.test" in status
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    try:
+        params["models"]["large"]["hidden_size"] = 1234
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "up to date" in dvc(repo, "status", env=env).stdout
+        params["models"]["test"]["hidden_size"] = 3
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        status = dvc(repo, "status", env=env).stdout
+        assert "train:" in status and "models.test" in status
+    finally:
+        (repo / "params.yaml").write_text(original)  # the module's other tests share the repo
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """A copy of the trained project (git, DVC cache and all) that a test may change."""
+    repo, env, _ = trained
+    copy = tmp_path / "project"
+    shutil.copytree(repo, copy, symlinks=True)
+    return copy, tool_env(copy, PTBLM_DATA_SOURCE=env["PTBLM_DATA_SOURCE"])
+
+
+def _stage_status(repo, env) -> str:
+    return dvc(repo, "status", env=env).stdout
+
+
+def test_a_change_to_code_a_stage_runs_reruns_it_and_no_other_code_does(trained_copy):
+    repo, env = trained_copy
+    assert "up to date" in _stage_status(repo, env)
+    compare = repo / "src" / "ptblm" / "compare.py"
+    compare.write_text(compare.read_text() + "\n# a change to the comparison tool\n")
+    assert "up to date" in _stage_status(repo, env)
+    data = repo / "src" / "ptblm" / "data.py"
+    data.write_text(data.read_text() + "\n# a change to the batching\n")
+    status = _stage_status(repo, env)
+    assert "train:" in status and "evaluate:" in status and "src/ptblm/data.py" in status
+
+
+def _results(repo) -> dict[str, bytes]:
+    paths = [*repo.glob("models/test/*"), *repo.glob("metrics/test/*")]
+    return {str(p.relative_to(repo)): p.read_bytes() for p in paths}
+
+
+def test_a_bad_param_costs_nothing(trained_copy):
+    """DVC deletes a stage's outputs before running it; the check stage fails first."""
+    repo, env = trained_copy
+    before = _results(repo)
+    assert {"models/test/model.pt", "models/test/mlflow_run.json", "metrics/test/eval.json"} <= set(
+        before
+    )
+    params_text = (repo / "params.yaml").read_text()
+    bad_params = {
+        "train.precision=fp16": "train.precision = 'fp16' is not allowed",
+        "evaluate.batch_size=0": "evaluate.batch_size = 0 is not allowed",
+        "models.test.num_steps=100000": "shorter than one window",
+    }
+    for bad, message in bad_params.items():
+        result = dvc(repo, "exp", "run", "-S", bad, env=env, check=False)
+        assert result.returncode != 0, bad
+        assert message in result.stderr, (bad, result.stderr[-2000:])
+        assert "Running stage 'train'" not in result.stdout, bad
+        assert _results(repo) == before, bad
+        (repo / "params.yaml").write_text(params_text)  # a failed exp run leaves the typo
+
+
+def test_evaluate_alone_without_a_model_keeps_the_committed_score(trained_copy):
+    """A fresh clone has eval.json (committed) but no model (never pulled)."""
+    repo, env = trained_copy
+    (repo / "models" / "test" / "model.pt").unlink()
+    eval_json = (repo / "metrics" / "test" / "eval.json").read_bytes()
+    result = dvc(repo, "repro", "-s", "evaluate", env=env, check=False)
+    assert result.returncode != 0
+    assert "models/test/model.pt" in result.stderr
+    assert (repo / "metrics" / "test" / "eval.json").read_bytes() == eval_json

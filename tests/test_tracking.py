@@ -146,6 +146,39 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
     word_to_id = {w: i for i, w in enumerate(corpus.vocab)}
     assert logged == pytest.approx(sentence_perplexity(model, word_to_id, SENTENCE), rel=1e-6)
 
+    # evaluate on its own (only its params changed): its own run, nested under the training
+    # run, which keeps its one test score and its wall time
+    env = tool_env(project, PTBLM_DATA_SOURCE=str(shared_archive))
+    result = dvc(project, "exp", "run", "-S", "evaluate.batch_size=5", env=env)
+    assert "Running stage 'train'" not in result.stdout
+    assert "Running stage 'evaluate'" in result.stdout
+    by_id = {r.info.run_id: r for r in runs_of(uri)}
+    training = by_id.pop(run_id)
+    (evaluation,) = by_id.values()
+    assert len(store.get_metric_history(run_id, "test_perplexity")) == 1
+    assert training.data.metrics["total_wall_time_s"] == metrics["total_wall_time_s"]
+    assert evaluation.data.tags["ptblm.training_run_id"] == run_id
+    assert evaluation.data.tags["mlflow.parentRunId"] == run_id
+    assert evaluation.data.params["evaluate.batch_size"] == "5"
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.metrics["test_perplexity"] == pytest.approx(
+        json.loads((project / "metrics/test/eval.json").read_text())["test_perplexity"], abs=1e-3
+    )
+
+    # evaluate honours tracking.enabled: false, and a run file from another machine's store
+    # gives a warning and an untracked evaluation
+    evaluate = [sys.executable, "stages/evaluate.py"]
+    run([*evaluate, "--no-tracking"], project, env=env)
+    run_file = project / "models/test/mlflow_run.json"
+    moved = json.loads(run_file.read_text())
+    moved["tracking_uri"] = "sqlite:////elsewhere/on/another/machine/mlflow.db"
+    run_file.write_text(json.dumps(moved))
+    result = run(evaluate, project, env=env)
+    assert "warning: the training run in models/test/mlflow_run.json cannot be reached" in (
+        result.stderr
+    )
+    assert len(runs_of(uri)) == 2  # neither evaluation opened a run
+
 
 # --- a real tracking server ------------------------------------------------------------------
 

@@ -121,7 +121,7 @@ def test_split_shorter_than_one_window_fails_before_training(corpus, tmp_path):
 
 
 def test_vocab_size_smaller_than_corpus_is_refused(corpus, tmp_path):
-    with pytest.raises(TrainingError, match="vocab_size = 10 is smaller"):
+    with pytest.raises(DataError, match="vocab_size = 10 is smaller"):
         train(
             "tiny", dataclasses.replace(TINY, vocab_size=10), TrainParams(), corpus, tmp_path / "x"
         )

@@ -10,7 +10,6 @@ from pathlib import Path, PurePosixPath
 from .errors import PtblmError
 from .fsutil import atomic_dir
 
-SPLITS = ("train", "valid", "test")
 MEMBER_DIR = "simple-examples/data"
 # reference.md, "Data": the three files are pinned, never the archive (mirrors repackage it).
 PTB_MD5 = {

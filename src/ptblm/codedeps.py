@@ -49,7 +49,7 @@ def _imported_modules(path: Path, package_dir: Path) -> set[str]:
     in_package = path.resolve().is_relative_to(package_dir)
     own = _module_name(path.resolve(), package_dir) if in_package else ""
     is_package = path.name == "__init__.py"
-    found: set[str] = set()
+    found: set[str] = {own} if own else set()  # importing a module runs its packages' inits
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):

@@ -224,8 +224,8 @@ def parse_params(raw: Any) -> Params:
     )
 
 
-def load_params(path: Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate params.yaml."""
+def load_params(path: Path = DEFAULT_PARAMS, model: str | None = None) -> Params:
+    """Read and validate params.yaml; `model`, if given, selects another config than its own."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -241,4 +241,5 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"params: {path} is not valid YAML{line}; fix the syntax") from None
-    return parse_params(raw)
+    params = parse_params(raw)
+    return params.with_model(model) if model else params

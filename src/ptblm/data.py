@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .archive import SPLITS
 from .errors import PtblmError
 from .fsutil import atomic_dir
 
 EOS = "<eos>"
+SPLITS = ("train", "valid", "test")  # data/ptb/ptb.<split>.txt
 ID_DTYPE = np.uint16  # 10,000 words fit; halves the size of int32 arrays
 
 
@@ -118,17 +118,30 @@ def load_corpus(prepared_dir: Path) -> Corpus:
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     """`ptb_producer`'s layout: the first batch_size*batch_len ids as [batch_size, batch_len]."""
+    require_rows("given", ids.numel(), batch_size)
     batch_len = ids.numel() // batch_size
-    if batch_len < 2:
-        raise DataError(
-            f"{ids.numel()} tokens are too few for batch_size {batch_size}; "
-            "use a smaller batch_size"
-        )
     return ids[: batch_size * batch_len].view(batch_size, batch_len)
 
 
 def epoch_size(num_tokens: int, batch_size: int, num_steps: int) -> int:
     return (num_tokens // batch_size - 1) // num_steps
+
+
+def require_vocab_fits(config_name: str, vocab_size: int, prepared_words: int) -> None:
+    if prepared_words > vocab_size:
+        raise DataError(
+            f"params: models.{config_name}.vocab_size = {vocab_size} is smaller than the "
+            f"prepared vocabulary ({prepared_words} words); set it to {prepared_words}"
+        )
+
+
+def require_rows(split: str, num_tokens: int, batch_size: int) -> None:
+    """Scoring carries state along rows of at least two tokens (one context, one predicted)."""
+    if num_tokens // batch_size < 2:
+        raise DataError(
+            f"{num_tokens} tokens of the {split} split are too few for batch_size {batch_size}; "
+            "use a smaller batch_size"
+        )
 
 
 def require_windows(split: str, num_tokens: int, batch_size: int, num_steps: int) -> None:

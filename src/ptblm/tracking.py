@@ -1,7 +1,10 @@
 """Experiment tracking behind a small interface; mlflow is imported only when tracking is on.
 
-`train` opens one MLflow run and writes its id to models/<config>/mlflow_run.json (a DVC
-out); `evaluate` reopens that run, so one pipeline execution is one run in `mlflow ui`.
+`train` opens one MLflow run (or, after a kill, reopens the one its checkpoint names) and
+writes its id to models/<config>/mlflow_run.json (a DVC out); `evaluate` adds its results
+to that run, so one pipeline execution is one run in `mlflow ui`. An evaluation that runs
+without training (only evaluate's params changed) gets a run of its own, nested under the
+training run, so the training run's record is never rewritten.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ EPOCH_METRICS = ("train_perplexity", "valid_perplexity", "lr", "words_per_sec", 
 SYSTEM_METRICS_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 5.0
 SQLITE_RETRIES = 8
+PREVIOUS_RUN_TAG = "ptblm.previous_run_id"  # a rerun whose store lost the run it resumes
+TRAINING_RUN_TAG = "ptblm.training_run_id"  # an evaluation run's training run
 T = TypeVar("T")
 
 
@@ -80,6 +85,7 @@ class NullTracker:
     run_id: str | None = None
     uri: str | None = None
     experiment: str | None = None
+    reopened = False  # logging into a run opened earlier (by a killed train, or by train)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         pass
@@ -114,11 +120,20 @@ class NullTracker:
 class MlflowTracker(NullTracker):
     """One MLflow run (opened or resumed), through the fluent API so system metrics work."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ):
         import mlflow
 
         self._mlflow = mlflow
         self.uri, self.experiment = uri, experiment
+        self.reopened = run_id is not None
         use_store(uri)
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         with _store_lock(uri):
@@ -128,6 +143,8 @@ class MlflowTracker(NullTracker):
                     run_id=run_id,
                     experiment_id=None if run_id else exp_id,
                     run_name=None if run_id else run_name,
+                    parent_run_id=parent_run_id,
+                    tags=tags,
                     log_system_metrics=True,
                 )
             )
@@ -239,13 +256,21 @@ def _probe(uri: str) -> None:
 
 
 def open_tracker(
-    settings: TrackingParams, run_name: str, run_id: str | None = None, uri: str | None = None
+    settings: TrackingParams,
+    run_name: str,
+    previous_run_id: str | None = None,
 ) -> NullTracker:
-    """An MLflow run, or per tracking.on_unreachable: an error before any work, or no tracking."""
-    uri = uri or tracking_uri(settings)
+    """The training run: `previous_run_id`'s run reopened if the store still has it (a rerun
+    after a kill goes on in the same run), else a new one (tagged with the old id). A store
+    that cannot be used is, per tracking.on_unreachable, an error before any work or no
+    tracking."""
+    uri = tracking_uri(settings)
     try:
         _probe(uri)
-        return MlflowTracker(uri, settings.experiment, run_name, run_id)
+        if previous_run_id and _find_run(uri, previous_run_id) is not None:
+            return MlflowTracker(uri, settings.experiment, run_name, run_id=previous_run_id)
+        tags = {PREVIOUS_RUN_TAG: previous_run_id} if previous_run_id else None
+        return MlflowTracker(uri, settings.experiment, run_name, tags=tags)
     except Exception as exc:
         message = (
             f"MLflow tracking store {uri} cannot be used: {exc}. Start it or fix "
@@ -254,8 +279,68 @@ def open_tracker(
         )
         if settings.on_unreachable == "fail":
             raise TrackingError(message) from None
-        print(f"warning: {message}; continuing without tracking", file=sys.stderr)
+        warn(f"{message}; continuing without tracking")
         return NullTracker()
+
+
+def open_evaluation(
+    run_file: Path, run_name: str, params: dict[str, Any], tags: dict[str, str]
+) -> NullTracker:
+    """Where `evaluate` logs: the training run train handed over, if this evaluation belongs
+    to it (the run has no test score yet, and was trained for these evaluate params); else a
+    run of its own, nested under the training run. No tracking (with a warning) when the run
+    file's store or run is gone, e.g. a run file pulled from another machine."""
+    run = read_run_file(run_file)
+    if not run.get("run_id"):
+        return NullTracker()
+    uri = run["tracking_uri"]
+    db = sqlite_path(uri)
+    try:
+        if db is not None and not db.is_file():
+            raise TrackingError(f"no MLflow store at {db}")
+        _probe(uri)
+        found = _find_run(uri, run["run_id"])
+        if found is None:
+            raise TrackingError(f"the store has no run {run['run_id']}")
+    except Exception as exc:
+        warn(
+            f"the training run in {run_file} cannot be reached ({exc}); evaluating without "
+            "tracking (retrain here, or point tracking.uri / MLFLOW_TRACKING_URI at its store)"
+        )
+        return NullTracker()
+    logged = found.data.params
+    own = "test_perplexity" not in found.data.metrics and all(
+        logged.get(k) in (None, str(v)) for k, v in params.items()
+    )
+    if own:
+        tracker = MlflowTracker(uri, run["experiment"], "", run_id=run["run_id"])
+    else:
+        tracker = MlflowTracker(
+            uri,
+            run["experiment"],
+            run_name,
+            parent_run_id=run["run_id"],
+            tags={**tags, TRAINING_RUN_TAG: run["run_id"]},
+        )
+    tracker.log_params(params)
+    return tracker
+
+
+def _find_run(uri: str, run_id: str):
+    """The run with this id in the store at `uri`, None if it has none."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def run_name(config_name: str) -> str:

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .config import ModelConfig, TrainParams
-from .data import Corpus, batchify, iterate_batches, require_windows
+from .data import Corpus, batchify, iterate_batches, require_vocab_fits, require_windows
 from .errors import PtblmError
 from .fsutil import atomic_path
 from .model import PTBModel, State, detach
@@ -530,11 +530,7 @@ def train(
 
     The checkpoint records `tracking_run_id`, so a rerun after a kill logs into the same run.
     """
-    if len(corpus.vocab) > config.vocab_size:
-        raise TrainingError(
-            f"params: models.{config_name}.vocab_size = {config.vocab_size} is smaller than the "
-            f"prepared vocabulary ({len(corpus.vocab)} words); set it to {len(corpus.vocab)}"
-        )
+    require_vocab_fits(config_name, config.vocab_size, len(corpus.vocab))
     for split in ("train", "valid"):
         require_windows(split, corpus.splits[split].numel(), config.batch_size, config.num_steps)
     if settings.num_threads:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from ..config import Params, load_params
 from ..errors import PtblmError
 
 RAW_ARCHIVE = Path("data/raw/simple-examples.tgz")
@@ -45,9 +44,3 @@ def fails_cleanly(command):
             raise click.ClickException(str(exc)) from None
 
     return wrapper
-
-
-def selected_params(params_path: Path, model_name: str | None = None) -> Params:
-    """params.yaml, validated, with `--model` (if given) as the selected config."""
-    params = load_params(params_path)
-    return params.with_model(model_name) if model_name else params

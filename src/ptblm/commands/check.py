@@ -1,0 +1,56 @@
+"""`ptblm check` (DVC stage check, at the head of training): everything that can be known
+wrong before any work, checked in a second.
+
+DVC deletes a stage's outputs before running it, so a typo caught inside `train` would
+already have cost the last results (model, metrics, curves). This stage runs first and
+owns nothing the user made: a bad param, a config the prepared data cannot feed, or a
+device or precision this machine lacks stops the pipeline here, with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from ..config import load_params
+from ..data import DataError, require_rows, require_vocab_fits, require_windows
+from ..fsutil import write_json
+from .common import PREPARED_DIR, fails_cleanly, model_option, params_option
+
+CHECKED_DIR = Path("data/checked")
+
+
+@click.command(name="check")
+@params_option
+@model_option
+@fails_cleanly
+def check_command(params_path: Path, model_name: str | None) -> None:
+    """Check params, data and machine for the selected config; write data/checked/<config>.json.
+
+    The file holds what training depends on (the config and the train settings), so train
+    reruns when they change and not when only evaluate's settings do.
+    """
+    params = load_params(params_path, model_name)
+    name, config = params.model, params.config
+    meta_path = PREPARED_DIR / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise DataError(f"{meta_path}: missing or unreadable; run the prepare stage") from None
+    tokens = meta["tokens"]
+    require_vocab_fits(name, config.vocab_size, meta["vocab_size"])
+    for split in ("train", "valid"):
+        require_windows(split, tokens[split], config.batch_size, config.num_steps)
+    for split in ("test", "valid"):
+        require_rows(split, tokens[split], params.evaluate.batch_size)
+    from ..train import resolve_device, set_precision  # torch: only once the rest is fine
+
+    set_precision(params.train.precision, resolve_device(params.train.device))
+    write_json(
+        CHECKED_DIR / f"{name}.json",
+        {"model": name, "config": asdict(config), "train": asdict(params.train)},
+    )
+    click.echo(f"{name}: params, data and machine fit")

@@ -1,0 +1,99 @@
+"""`ptblm evaluate` (DVC stage evaluate): the tutorial's test scoring of the trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import tracking
+from ..config import load_params
+from ..fsutil import write_json
+from .common import (
+    METRICS_DIR,
+    MODELS_DIR,
+    PREPARED_DIR,
+    RUN_FILE,
+    fails_cleanly,
+    model_option,
+    params_option,
+)
+
+
+@click.command(name="evaluate")
+@params_option
+@model_option
+@click.option(
+    "--tracking/--no-tracking",
+    "tracking_on",
+    default=None,
+    help="Override tracking.enabled (off: mlflow is not even imported).",
+)
+@fails_cleanly
+def evaluate_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
+    """Test (and valid) perplexity as the tutorial scores it: batch 1, state carried.
+
+    Logged to the training run when it follows training; an evaluation on its own (say,
+    another evaluate.batch_size) gets its own MLflow run, nested under the training run.
+    """
+    params = load_params(params_path, model_name)  # before torch: bad params fail fast
+    from ..data import load_corpus
+    from ..train import (
+        device_description,
+        evaluate_split,
+        load_model,
+        resolve_device,
+        set_precision,
+    )
+
+    name = params.model
+    corpus = load_corpus(PREPARED_DIR)
+    device = resolve_device(params.train.device)
+    set_precision(params.train.precision, device)
+    model = load_model(MODELS_DIR / name / "model.pt", name, params.config, corpus).to(device)
+    batch = params.evaluate.batch_size
+    enabled = params.tracking.enabled if tracking_on is None else tracking_on
+    tracker = (
+        tracking.open_evaluation(
+            MODELS_DIR / name / RUN_FILE,
+            f"{tracking.run_name(name)}-eval",
+            {"config": name, "evaluate.batch_size": batch},
+            tracking.run_tags(name, device.type, device_description(device)),
+        )
+        if enabled
+        else tracking.NullTracker()
+    )
+    try:
+        scores = {
+            split: evaluate_split(
+                model, corpus.splits[split], batch, device, params.train.precision, desc=split
+            )
+            for split in ("test", "valid")
+        }
+        eval_json = METRICS_DIR / name / "eval.json"
+        write_json(
+            eval_json,
+            {
+                "config": name,
+                "test_perplexity": round(scores["test"].perplexity, 4),
+                "valid_perplexity": round(scores["valid"].perplexity, 4),
+                "batch_size": batch,
+            },
+        )
+        metrics = {
+            "test_perplexity": scores["test"].perplexity,
+            "eval_valid_perplexity": scores["valid"].perplexity,
+            "eval_words_per_sec": scores["test"].words_per_sec,
+        }
+        if tracker.reopened:  # the training run's: its time from start to end
+            metrics["total_wall_time_s"] = tracker.elapsed_s()
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts([eval_json])
+    except BaseException:
+        tracker.end(failed=True)
+        raise
+    tracker.end()
+    click.echo(
+        f"{name}: test ppl {scores['test'].perplexity:.2f}, valid ppl "
+        f"{scores['valid'].perplexity:.2f} ({scores['test'].words_per_sec:,.0f} words/s)"
+    )

@@ -1,0 +1,182 @@
+"""`ptblm train` (DVC stage train): train the selected config, log it, write its results."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .. import tracking
+from ..config import Params, load_params
+from ..fsutil import write_json, write_text
+from .common import (
+    CHECKPOINT_DIR,
+    METRICS_DIR,
+    MODELS_DIR,
+    PREPARED_DIR,
+    RUN_FILE,
+    fails_cleanly,
+    model_option,
+    params_option,
+)
+
+if TYPE_CHECKING:
+    from ..train import TrainResult
+
+
+def history_csv(history: list[dict]) -> str:
+    """Only what the model learned: timings live in speed.json, so unchanged runs diff clean."""
+    columns = ["epoch", "lr", "train_perplexity", "valid_perplexity"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def run_params(params: Params) -> dict[str, Any]:
+    """Every value that can make two runs differ: the config's hyperparameters, the shared
+    settings, the evaluation batch size."""
+    shared = {f"train.{k}": v for k, v in asdict(params.train).items()}
+    return {
+        "config": params.model,
+        **asdict(params.config),
+        **shared,
+        "evaluate.batch_size": params.evaluate.batch_size,
+    }
+
+
+def _log_training(
+    tracker: tracking.NullTracker, result: TrainResult, out: Path, model_path: Path
+) -> None:
+    """End-of-training metrics, the epochs a resumed run did before this process if they are
+    not in this run yet (so its curves are whole), the files worth comparing, and the model."""
+    if not tracker.reopened:
+        for record in result.history[: result.resumed_from_epoch]:
+            tracker.log_epoch(record)
+    tracker.set_tags(
+        {
+            "resumed": bool(result.resumed_from_epoch),
+            "resumed_from_epoch": result.resumed_from_epoch,
+        }
+    )
+    tracker.log_metrics(
+        {
+            "final_train_perplexity": result.train_perplexity,
+            "final_valid_perplexity": result.valid_perplexity,
+            "mean_words_per_sec": result.words_per_sec,
+            "train_wall_time_s": result.wall_time_s,
+        }
+    )
+    names = ("train.json", "speed.json", "history.csv", "learning_curve.png")
+    tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *(out / n for n in names)])
+    tracker.log_model(model_path, PREPARED_DIR / "vocab.txt")
+
+
+def _write_results(params: Params, result: TrainResult, device, out: Path) -> None:
+    from ..plots import save_learning_curve
+    from ..train import device_description
+
+    name = params.model
+    write_json(
+        out / "train.json",
+        {
+            "config": name,
+            "train_perplexity": round(result.train_perplexity, 4),
+            "valid_perplexity": round(result.valid_perplexity, 4),
+            "epochs": len(result.history),
+            "device": device.type,
+        },
+    )
+    write_json(
+        out / "speed.json",
+        {
+            "words_per_sec": round(result.words_per_sec, 1),
+            "wall_time_s": round(result.wall_time_s, 2),
+            "device": device_description(device),
+            "precision": params.train.precision,
+            "epochs": [
+                {k: r[k] for k in ("epoch", "words_per_sec", "epoch_time_s")}
+                for r in result.history
+            ],
+        },
+    )
+    write_text(out / "history.csv", history_csv(result.history))
+    save_learning_curve(result.history, out / "learning_curve.png", f"PTB {name} config")
+
+
+@click.command(name="train")
+@params_option
+@model_option
+@click.option(
+    "--tracking/--no-tracking",
+    "tracking_on",
+    default=None,
+    help="Override tracking.enabled (off: mlflow is not even imported).",
+)
+@fails_cleanly
+def train_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
+    """Train the selected config; resumes from its last checkpoint if interrupted.
+
+    A checkpoint is resumed only by the same config, seed, precision, data and code; the
+    rerun logs into the same MLflow run. Resuming is exact on CPU; on CUDA it is equivalent
+    in distribution (cuDNN's dropout RNG is not in the checkpoint).
+    """
+    params = load_params(params_path, model_name)  # before torch: bad params fail fast
+    from ..codedeps import code_version
+    from ..data import load_corpus
+    from ..train import (
+        checkpoint_run_id,
+        device_description,
+        resolve_device,
+        run_identity,
+        save_model,
+        set_precision,
+        train,
+    )
+
+    name, config = params.model, params.config
+    corpus = load_corpus(PREPARED_DIR)
+    device = resolve_device(params.train.device)
+    set_precision(params.train.precision, device)  # fails before a tracking run is opened
+    code = code_version(Path(__file__))
+    checkpoint = CHECKPOINT_DIR / name / "last.pt"
+    enabled = params.tracking.enabled if tracking_on is None else tracking_on
+    if enabled:
+        identity = run_identity(name, config, corpus, params.train, code)
+        previous = checkpoint_run_id(checkpoint, identity)
+        tracker = tracking.open_tracker(params.tracking, tracking.run_name(name), previous)
+    else:
+        tracker = tracking.NullTracker()
+    try:
+        tracker.set_tags(tracking.run_tags(name, device.type, device_description(device)))
+        tracker.log_params(run_params(params))
+        result = train(
+            name,
+            config,
+            params.train,
+            corpus,
+            checkpoint,
+            on_epoch=tracker.log_epoch,
+            code_version=code,
+            tracking_run_id=tracker.run_id,
+        )
+        out = METRICS_DIR / name
+        save_model(MODELS_DIR / name / "model.pt", result.model, name, corpus)
+        _write_results(params, result, device, out)
+        _log_training(tracker, result, out, MODELS_DIR / name / "model.pt")
+        tracker.write_run_file(MODELS_DIR / name / RUN_FILE)
+    except BaseException:
+        tracker.end(failed=True)
+        raise
+    checkpoint.unlink(missing_ok=True)
+    tracker.end()
+    click.echo(
+        f"{name}: train ppl {result.train_perplexity:.2f}, valid ppl "
+        f"{result.valid_perplexity:.2f}, {result.words_per_sec:,.0f} words/s, "
+        f"{result.wall_time_s:.1f} s"
+    )

@@ -1,0 +1,81 @@
+"""Each DVC stage depends on the code it runs, read from its imports, and on no other code."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+from conftest import PROJECT_ROOT
+
+from ptblm.codedeps import code_files, code_version
+
+spec = importlib.util.spec_from_file_location(
+    "stage_deps", PROJECT_ROOT / "scripts" / "stage_deps.py"
+)
+stage_deps = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(stage_deps)
+
+
+def test_dvc_yaml_lists_exactly_the_code_each_stage_imports():
+    assert stage_deps.drift() == {}, "run: python scripts/stage_deps.py"
+
+
+def test_train_runs_the_model_and_the_batching_but_not_compare():
+    deps = stage_deps.derived_code_deps(PROJECT_ROOT, "stages/train.py")
+    assert {"src/ptblm/model.py", "src/ptblm/data.py", "src/ptblm/config.py"} <= set(deps)
+    assert "src/ptblm/compare.py" not in deps
+    assert "src/ptblm/cli.py" not in deps  # the command group: other commands' code
+    evaluate = stage_deps.derived_code_deps(PROJECT_ROOT, "stages/evaluate.py")
+    assert {"src/ptblm/model.py", "src/ptblm/data.py"} <= set(evaluate)
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    for name in ("src", "stages", "scripts"):
+        shutil.copytree(
+            PROJECT_ROOT / name,
+            root / name,
+            ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"),
+        )
+    shutil.copy2(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
+    return root
+
+
+def test_a_new_import_the_deps_miss_is_caught(tmp_path):
+    root = _copy(tmp_path)
+    command = root / "src" / "ptblm" / "commands" / "train.py"
+    command.write_text(
+        command.read_text().replace(
+            "    from ..codedeps import code_version\n",
+            "    from ..codedeps import code_version\n    from ..compare import render  # noqa\n",
+        )
+    )
+    assert stage_deps.drift(root) == {"train": (["src/ptblm/compare.py"], [])}
+    stage_deps.write(root)  # the fix the failure names
+    assert stage_deps.drift(root) == {}
+    assert "src/ptblm/compare.py" in (root / "dvc.yaml").read_text()
+
+
+def test_imports_inside_functions_count_type_checking_ones_do_not(tmp_path):
+    package = tmp_path / "ptblm"
+    (package / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "sub/__init__.py", "a.py", "b.py", "c.py", "d.py"):
+        (package / name).write_text("")
+    (package / "sub" / "entry.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from .. import a\n"
+        "if TYPE_CHECKING:\n    from ..d import X\n"
+        "def f():\n    from ptblm.b import thing\n"
+    )
+    (package / "b.py").write_text("from .c import y\n")
+    files = {
+        p.relative_to(package).as_posix() for p in code_files(package / "sub" / "entry.py", package)
+    }
+    assert files == {"__init__.py", "sub/__init__.py", "sub/entry.py", "a.py", "b.py", "c.py"}
+    before = code_version(package / "sub" / "entry.py", package)
+    (package / "c.py").write_text("y = 1\n")  # a file two imports away
+    assert code_version(package / "sub" / "entry.py", package) != before
+    (package / "d.py").write_text("X = 1\n")  # only imported for type checking
+    (package / "c.py").write_text("")
+    assert code_version(package / "sub" / "entry.py", package) == before
