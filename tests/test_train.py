@@ -228,8 +228,9 @@ def _project(root: Path, epochs: int) -> Path:
     return root
 
 
-def _train_cmd() -> list[str]:
-    return [sys.executable, str(PROJECT_ROOT / "stages" / "train.py"), "--no-tracking"]
+def _train_cmd(tracking: bool = False) -> list[str]:
+    flag = "--tracking" if tracking else "--no-tracking"
+    return [sys.executable, str(PROJECT_ROOT / "stages" / "train.py"), flag]
 
 
 def _finished_outputs(root: Path) -> tuple[dict, str]:
@@ -289,3 +290,24 @@ def test_bf16_on_cpu_runs_near_fp32_or_is_one_clear_error(corpus, tmp_path):
     with pytest.raises(TrainingError, match="AVX-512"):
         train("tiny", TINY, settings, corpus, tmp_path / "last.pt")
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_kill_9_then_rerun_is_one_finished_mlflow_run_with_whole_curves(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    epochs = 4
+    root = _project(tmp_path / "killed", epochs)
+    checkpoint = root / "checkpoints" / "tiny" / "last.pt"
+    kill_after_epoch(_train_cmd(tracking=True), root, checkpoint)
+    subprocess.run(
+        _train_cmd(tracking=True), cwd=root, env=tool_env(), check=True, capture_output=True
+    )
+    store = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    (run,) = store.search_runs([store.get_experiment_by_name("ptb-lm").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["resumed"] == "True"
+    history = store.get_metric_history(run.info.run_id, "valid_perplexity")
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # each epoch once
+    assert json.loads((root / "models" / "tiny" / "mlflow_run.json").read_text())["run_id"] == (
+        run.info.run_id
+    )
