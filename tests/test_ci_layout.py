@@ -250,3 +250,93 @@ def test_diff_shows_exactly_what_moved(tmp_path):
     assert rows[0].split("|")[1].strip() == "metrics/test/eval.json"
     assert "test_perplexity" in rows[0] and "476.3" in rows[0] and "470" in rows[0]
     assert (repo / "out" / "report.md").read_text(encoding="utf-8") in out + "\n"
+
+
+report_module = load_ci_module("report")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rounding"),
+    [
+        (632.8732, 632.8733, True),  # AMD Zen 3 vs Intel Xeon AVX-512, the test config
+        (470.491, 470.4909, True),
+        (100.0, 100.0001, True),  # 1e-6 relative: the edge
+        (100.0, 100.0002, False),
+        (476.3038, 470.4909, False),  # the fast path: a real change
+        (1, 2, False),  # epochs
+        (None, 470.0, False),  # a new metric
+        ("cpu", "cuda", False),
+    ],
+)
+def test_within_rounding(old, new, rounding):
+    assert report_module.within_rounding({"old": old, "new": new}) is rounding
+
+
+def rounding_repo(tmp_path: Path) -> Path:
+    """The committed test-config metrics as the AMD Zen 3 machine wrote them."""
+    repo = metrics_repo(
+        tmp_path,
+        {
+            "dvc.yaml": "metrics:\n  - metrics/test/train.json\n  - metrics/test/eval.json\n",
+            "metrics/test/train.json": json.dumps(
+                {**GOOD_TRAIN, "train_perplexity": 632.8732, "valid_perplexity": 495.1169}
+            ),
+            "metrics/test/eval.json": json.dumps(
+                {**GOOD_EVAL, "test_perplexity": 470.491, "valid_perplexity": 495.1842}
+            ),
+        },
+    )
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env=tool_env())
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "dvc init")
+    # What the Intel Xeon (AVX-512/AMX) writes for the same code.
+    (repo / "metrics/test/train.json").write_text(
+        json.dumps({**GOOD_TRAIN, "train_perplexity": 632.8733, "valid_perplexity": 495.1168})
+    )
+    return repo
+
+
+def sections(out: str) -> tuple[list[str], list[str]]:
+    """The metric rows of the report's changed table and of its rounding table."""
+    changed, rounding, current = [], [], None
+    for line in out.splitlines():
+        if line.startswith("Changed metrics"):
+            current = changed
+        elif line.startswith("Within cross-CPU float rounding"):
+            current = rounding
+        elif line.startswith("<details>") or line.startswith("Changed params"):
+            current = None
+        elif current is not None and line.startswith("| metrics/"):
+            current.append(line)
+    return changed, rounding
+
+
+def test_cross_cpu_rounding_is_not_a_change(tmp_path):
+    repo = rounding_repo(tmp_path)
+    eval_json = repo / "metrics/test/eval.json"
+    eval_json.write_text(
+        json.dumps({**GOOD_EVAL, "test_perplexity": 470.4909, "valid_perplexity": 495.1842})
+    )
+    out = report(repo)
+    assert "**No metric changed** beyond cross-CPU float rounding" in out
+    changed, rounding = sections(out)
+    assert changed == []
+    moved = {(row.split("|")[1].strip(), row.split("|")[2].strip()) for row in rounding}
+    assert moved == {
+        ("metrics/test/train.json", "train_perplexity"),
+        ("metrics/test/train.json", "valid_perplexity"),
+        ("metrics/test/eval.json", "test_perplexity"),
+    }
+    assert "632.8733" in out and "1e-06 relative" in out
+
+
+def test_a_real_change_is_still_a_change_beside_rounding(tmp_path):
+    repo = rounding_repo(tmp_path)
+    (repo / "metrics/test/eval.json").write_text(
+        json.dumps({**GOOD_EVAL, "test_perplexity": 470.0, "valid_perplexity": 495.1842})
+    )
+    out = report(repo)
+    assert "No metric changed" not in out
+    changed, rounding = sections(out)
+    assert len(changed) == 1 and "test_perplexity" in changed[0] and "470.491" in changed[0]
+    assert len(rounding) == 2 and all("metrics/test/train.json" in row for row in rounding)
