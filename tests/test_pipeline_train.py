@@ -33,10 +33,12 @@ def test_exp_run_trains_and_evaluates_the_selected_config(trained):
     # the tiny model barely learns: far better than uniform (10,000), far worse than small
     assert 200 < evaluation["test_perplexity"] < 2000
     assert evaluation["batch_size"] == 1
-    history = (out / "history.csv").read_text().splitlines()
+    plots = repo / "plots" / "test"
+    history = (plots / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,lr,train_perplexity,valid_perplexity" and len(history) == 2
-    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    speed = json.loads((out / "speed.json").read_text())
+    assert (plots / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "train.json"]  # metrics only
+    speed = json.loads((repo / "timings" / "test" / "speed.json").read_text())
     assert speed["words_per_sec"] > 0 and speed["wall_time_s"] > 0
     model = torch.load(repo / "models" / "test" / "model.pt", weights_only=True)
     assert model["config_name"] == "test" and model["config"]["hidden_size"] == 2

@@ -24,7 +24,11 @@ RAW_ARCHIVE = Path("data/raw/simple-examples.tgz")
 TEXT_DIR = Path("data/ptb")
 PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
+# Per config: metrics/<config>/ only DVC metrics, plots/<config>/ only plot data, timings
+# apart (dvc.yaml lists the first two folders whole, so new configs list themselves).
 METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+TIMINGS_DIR = Path("timings")
 CHECKPOINT_DIR = Path("checkpoints")
 RUN_FILE = "mlflow_run.json"  # models/<config>/: the MLflow run id train hands to evaluate
 
@@ -124,7 +128,7 @@ def prepare(text_dir: Path, out: Path, metrics: Path) -> None:
 
 
 def _history_csv(history: list[dict]) -> str:
-    """Only what the model learned: timings live in speed.json, so unchanged runs diff clean."""
+    """Only what the model learned: timings live in timings/, so unchanged runs diff clean."""
     columns = ["epoch", "lr", "train_perplexity", "valid_perplexity"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
@@ -146,7 +150,7 @@ def _run_params(params: Params) -> dict[str, Any]:
 
 
 def _log_training(
-    tracker: tracking.NullTracker, result: TrainResult, out: Path, model_path: Path
+    tracker: tracking.NullTracker, result: TrainResult, files: list[Path], model_path: Path
 ) -> None:
     """End-of-training metrics, the epochs a resumed run did before this process (so its
     curves are whole), the files worth comparing, and the model as a text scorer."""
@@ -166,8 +170,7 @@ def _log_training(
             "train_wall_time_s": result.wall_time_s,
         }
     )
-    names = ("train.json", "speed.json", "history.csv", "learning_curve.png")
-    tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *(out / n for n in names)])
+    tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *files])
     tracker.log_model(model_path, PREPARED_DIR / "vocab.txt")
 
 
@@ -203,10 +206,13 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
         tracker.set_tags(tracking.run_tags(name, device.type, device_description(device)))
         tracker.log_params(_run_params(params))
         result = train(name, config, params.train, corpus, checkpoint, on_epoch=tracker.log_epoch)
-        out = METRICS_DIR / name
+        train_json = METRICS_DIR / name / "train.json"
+        speed_json = TIMINGS_DIR / name / "speed.json"
+        history_csv = PLOTS_DIR / name / "history.csv"
+        curve_png = PLOTS_DIR / name / "learning_curve.png"
         save_model(MODELS_DIR / name / "model.pt", result.model, name, corpus)
         write_json(
-            out / "train.json",
+            train_json,
             {
                 "config": name,
                 "train_perplexity": round(result.train_perplexity, 4),
@@ -216,7 +222,7 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
             },
         )
         write_json(
-            out / "speed.json",
+            speed_json,
             {
                 "words_per_sec": round(result.words_per_sec, 1),
                 "wall_time_s": round(result.wall_time_s, 2),
@@ -228,9 +234,10 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
                 ],
             },
         )
-        write_text(out / "history.csv", _history_csv(result.history))
-        save_learning_curve(result.history, out / "learning_curve.png", f"PTB {name} config")
-        _log_training(tracker, result, out, MODELS_DIR / name / "model.pt")
+        write_text(history_csv, _history_csv(result.history))
+        save_learning_curve(result.history, curve_png, f"PTB {name} config")
+        files = [train_json, speed_json, history_csv, curve_png]
+        _log_training(tracker, result, files, MODELS_DIR / name / "model.pt")
         tracker.write_run_file(MODELS_DIR / name / RUN_FILE)
     except BaseException:
         tracker.end(failed=True)
@@ -325,7 +332,7 @@ def compare(params_path: Path, source: str, fmt: str, output: Path | None) -> No
     runs = (
         from_mlflow(tracking.tracking_uri(settings), settings.experiment)
         if source == "mlflow"
-        else from_metrics(METRICS_DIR)
+        else from_metrics(METRICS_DIR, TIMINGS_DIR)
     )
     text = render(with_reference(runs), fmt)
     if output:
