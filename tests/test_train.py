@@ -235,7 +235,7 @@ def _train_cmd(tracking: bool = False) -> list[str]:
 
 def _finished_outputs(root: Path) -> tuple[dict, str]:
     train_json = json.loads((root / "metrics" / "tiny" / "train.json").read_text())
-    return train_json, (root / "metrics" / "tiny" / "history.csv").read_text()
+    return train_json, (root / "plots" / "tiny" / "history.csv").read_text()
 
 
 def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):

@@ -36,8 +36,9 @@ class CompareError(PtblmError):
     """Nothing to compare; the message says where it looked."""
 
 
-def from_metrics(metrics_dir: Path) -> pd.DataFrame:
-    """One row per config with a train.json under metrics/ (eval/speed files if present)."""
+def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
+    """One row per config with a train.json under metrics/ (its eval.json and
+    timings/<config>/speed.json if present)."""
 
     def read(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -45,9 +46,8 @@ def from_metrics(metrics_dir: Path) -> pd.DataFrame:
     rows = []
     for train_json in sorted(Path(metrics_dir).glob("*/train.json")):
         folder = train_json.parent
-        trained, evaluated, speed = (
-            read(folder / n) for n in ("train.json", "eval.json", "speed.json")
-        )
+        trained, evaluated = read(folder / "train.json"), read(folder / "eval.json")
+        speed = read(Path(timings_dir) / folder.name / "speed.json")
         rows.append(
             {
                 "run": f"metrics/{folder.name}",

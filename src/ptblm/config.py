@@ -55,15 +55,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataParams:
-    """Where `fetch` gets the archive from; tried in order after $PTBLM_DATA_SOURCE."""
+    """Where `fetch` gets the archive from: `sources` (archives) in order after
+    $PTBLM_DATA_SOURCE, then `file_sources` (base URLs serving the three text files)."""
 
     sources: tuple[str, ...]
+    file_sources: tuple[str, ...] = ()
     timeout_s: float = 60.0
     retries: int = 3
     backoff_s: float = 2.0
 
     def check(self, where: str) -> None:
         _require(len(self.sources) > 0, f"{where}.sources", list(self.sources), "a non-empty list")
+        for i, base in enumerate(self.file_sources):
+            _require(bool(base.strip()), f"{where}.file_sources[{i}]", base, "a URL or folder")
         _require(self.timeout_s > 0, f"{where}.timeout_s", self.timeout_s, "> 0")
         _require(self.retries >= 1, f"{where}.retries", self.retries, ">= 1")
         _require(self.backoff_s >= 0, f"{where}.backoff_s", self.backoff_s, ">= 0")

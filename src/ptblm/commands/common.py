@@ -13,7 +13,11 @@ RAW_ARCHIVE = Path("data/raw/simple-examples.tgz")
 TEXT_DIR = Path("data/ptb")
 PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
+# Per config: metrics/<config>/ only DVC metrics, plots/<config>/ only plot data, timings
+# apart (dvc.yaml lists the first two folders whole, so new configs list themselves).
 METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+TIMINGS_DIR = Path("timings")
 CHECKPOINT_DIR = Path("checkpoints")
 RUN_FILE = "mlflow_run.json"  # models/<config>/: the MLflow run id train hands to evaluate
 

@@ -9,7 +9,7 @@ import click
 from .. import tracking
 from ..config import load_params
 from ..fsutil import write_text
-from .common import METRICS_DIR, fails_cleanly, params_option
+from .common import METRICS_DIR, TIMINGS_DIR, fails_cleanly, params_option
 
 
 @click.command()
@@ -32,7 +32,7 @@ def compare(params_path: Path, source: str, fmt: str, output: Path | None) -> No
     runs = (
         from_mlflow(tracking.tracking_uri(settings), settings.experiment)
         if source == "mlflow"
-        else from_metrics(METRICS_DIR)
+        else from_metrics(METRICS_DIR, TIMINGS_DIR)
     )
     text = render(with_reference(runs), fmt)
     if output:

@@ -15,7 +15,7 @@ from .common import RAW_ARCHIVE, fails_cleanly, params_option
 @click.option("--out", type=click.Path(path_type=Path), default=RAW_ARCHIVE, show_default=True)
 @fails_cleanly
 def fetch(params_path: Path, out: Path) -> None:
-    """Download simple-examples.tgz ($PTBLM_DATA_SOURCE first, then data.sources)."""
+    """Download simple-examples.tgz ($PTBLM_DATA_SOURCE, data.sources, data.file_sources)."""
     from ..fetch import candidate_sources, fetch_archive
 
     data = load_params(params_path).data
@@ -25,5 +25,6 @@ def fetch(params_path: Path, out: Path) -> None:
         timeout_s=data.timeout_s,
         retries=data.retries,
         backoff_s=data.backoff_s,
+        file_sources=data.file_sources,
     )
     click.echo(f"fetched {out} from {used}")

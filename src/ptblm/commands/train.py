@@ -17,8 +17,10 @@ from .common import (
     CHECKPOINT_DIR,
     METRICS_DIR,
     MODELS_DIR,
+    PLOTS_DIR,
     PREPARED_DIR,
     RUN_FILE,
+    TIMINGS_DIR,
     fails_cleanly,
     model_option,
     params_option,
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def history_csv(history: list[dict]) -> str:
-    """Only what the model learned: timings live in speed.json, so unchanged runs diff clean."""
+    """Only what the model learned: timings live in timings/, so unchanged runs diff clean."""
     columns = ["epoch", "lr", "train_perplexity", "valid_perplexity"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
@@ -51,7 +53,7 @@ def run_params(params: Params) -> dict[str, Any]:
 
 
 def _log_training(
-    tracker: tracking.NullTracker, result: TrainResult, out: Path, model_path: Path
+    tracker: tracking.NullTracker, result: TrainResult, files: list[Path], model_path: Path
 ) -> None:
     """End-of-training metrics, the epochs a resumed run did before this process if they are
     not in this run yet (so its curves are whole), the files worth comparing, and the model."""
@@ -72,18 +74,23 @@ def _log_training(
             "train_wall_time_s": result.wall_time_s,
         }
     )
-    names = ("train.json", "speed.json", "history.csv", "learning_curve.png")
-    tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *(out / n for n in names)])
+    tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *files])
     tracker.log_model(model_path, PREPARED_DIR / "vocab.txt")
 
 
-def _write_results(params: Params, result: TrainResult, device, out: Path) -> None:
+def _write_results(params: Params, result: TrainResult, device) -> list[Path]:
+    """metrics/<config>/train.json, timings/<config>/speed.json, plots/<config>/{history.csv,
+    learning_curve.png}; returns their paths."""
     from ..plots import save_learning_curve
     from ..train import device_description
 
     name = params.model
+    train_json = METRICS_DIR / name / "train.json"
+    speed_json = TIMINGS_DIR / name / "speed.json"
+    history = PLOTS_DIR / name / "history.csv"
+    curve = PLOTS_DIR / name / "learning_curve.png"
     write_json(
-        out / "train.json",
+        train_json,
         {
             "config": name,
             "train_perplexity": round(result.train_perplexity, 4),
@@ -93,7 +100,7 @@ def _write_results(params: Params, result: TrainResult, device, out: Path) -> No
         },
     )
     write_json(
-        out / "speed.json",
+        speed_json,
         {
             "words_per_sec": round(result.words_per_sec, 1),
             "wall_time_s": round(result.wall_time_s, 2),
@@ -105,8 +112,9 @@ def _write_results(params: Params, result: TrainResult, device, out: Path) -> No
             ],
         },
     )
-    write_text(out / "history.csv", history_csv(result.history))
-    save_learning_curve(result.history, out / "learning_curve.png", f"PTB {name} config")
+    write_text(history, history_csv(result.history))
+    save_learning_curve(result.history, curve, f"PTB {name} config")
+    return [train_json, speed_json, history, curve]
 
 
 @click.command(name="train")
@@ -165,10 +173,9 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
             code_version=code,
             tracking_run_id=tracker.run_id,
         )
-        out = METRICS_DIR / name
         save_model(MODELS_DIR / name / "model.pt", result.model, name, corpus)
-        _write_results(params, result, device, out)
-        _log_training(tracker, result, out, MODELS_DIR / name / "model.pt")
+        files = _write_results(params, result, device)
+        _log_training(tracker, result, files, MODELS_DIR / name / "model.pt")
         tracker.write_run_file(MODELS_DIR / name / RUN_FILE)
     except BaseException:
         tracker.end(failed=True)
