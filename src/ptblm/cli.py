@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from . import tracking
 from .config import Params, load_params
 from .errors import PtblmError
 from .fsutil import write_json, write_text
+from .text import RULES
 
 if TYPE_CHECKING:
     from .train import TrainResult
@@ -64,11 +66,20 @@ def _params(params_path: Path, model_name: str | None = None) -> Params:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ptblm")
-def main() -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help=f"Show MLflow's INFO lines, warnings and download bars (or set {tracking.VERBOSE_ENV}=1).",
+)
+def main(verbose: bool) -> None:
     """Zaremba et al. (2014) PTB language models: the stages of the DVC pipeline, and tools.
 
-    Run the whole pipeline with `dvc repro`; each command here is one stage.
+    Run the whole pipeline with `dvc repro`; each command here is one stage. `generate`
+    and `score` use a trained model.
     """
+    if verbose:
+        os.environ[tracking.VERBOSE_ENV] = "1"
 
 
 @main.command()
@@ -157,13 +168,9 @@ def _log_training(
             "resumed_from_epoch": result.resumed_from_epoch,
         }
     )
+    # the final train and valid perplexities are the last epoch's (MLflow's latest value)
     tracker.log_metrics(
-        {
-            "final_train_perplexity": result.train_perplexity,
-            "final_valid_perplexity": result.valid_perplexity,
-            "mean_words_per_sec": result.words_per_sec,
-            "train_wall_time_s": result.wall_time_s,
-        }
+        {name: getattr(result, field) for field, name in tracking.TRAIN_SUMMARY.items()}
     )
     names = ("train.json", "speed.json", "history.csv", "learning_curve.png")
     tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *(out / n for n in names)])
@@ -285,14 +292,13 @@ def evaluate_command(params_path: Path, model_name: str | None) -> None:
                 "batch_size": batch,
             },
         )
-        tracker.log_metrics(
-            {
-                "test_perplexity": scores["test"].perplexity,
-                "eval_valid_perplexity": scores["valid"].perplexity,
-                "eval_words_per_sec": scores["test"].words_per_sec,
-                "total_wall_time_s": tracker.elapsed_s(),
-            }
-        )
+        evaluated = {
+            "test_perplexity": scores["test"].perplexity,
+            "eval_valid_perplexity": scores["valid"].perplexity,
+            "eval_words_per_sec": scores["test"].words_per_sec,
+            "total_wall_time_s": tracker.elapsed_s(),
+        }
+        tracker.log_metrics({tracking.EVAL_METRICS[k]: v for k, v in evaluated.items()})
         tracker.log_artifacts([eval_json])
     except BaseException:
         tracker.end(failed=True)
@@ -331,6 +337,150 @@ def compare(params_path: Path, source: str, fmt: str, output: Path | None) -> No
         write_text(output, text)
     else:
         click.echo(text, nl=False)
+
+
+def model_source(command):
+    """--model / --model-uri / --device, shared by `generate` and `score`."""
+    options = [
+        click.option(
+            "--model",
+            "model_name",
+            default=None,
+            help="A config trained by the pipeline (models/<config>/model.pt) or a model "
+            "file's path [default: params.yaml's model].",
+        ),
+        click.option(
+            "--model-uri",
+            default=None,
+            help="An MLflow model instead: runs:/<run id>/model, models:/<name>/<version>, "
+            "or a model folder (needs mlflow).",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["cpu", "cuda"]),
+            default="cpu",
+            show_default=True,
+        ),
+        params_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _language_model(params_path: Path, model_name: str | None, model_uri: str | None, device):
+    """The model `--model`/`--model-uri` name, on `device` (a one-line error if unusable)."""
+    import torch
+
+    from .api import load_model
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda: no CUDA device is visible; use --device cpu")
+    if model_uri and model_name:
+        raise click.UsageError("give --model or --model-uri, not both")
+    if model_uri:
+        return load_model(model_uri, device)
+    if model_name and (model_name.endswith(".pt") or os.sep in model_name):
+        return load_model(model_name, device)
+    name = model_name or load_params(params_path).model
+    return load_model(MODELS_DIR / name / "model.pt", device)
+
+
+@main.command()
+@model_source
+@click.option("--prompt", default="", help="Text to continue (normalized as `score` does).")
+@click.option("--words", type=int, default=30, show_default=True, help="Tokens to sample.")
+@click.option(
+    "--temperature",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Softmax temperature; 0 takes the most likely word every time.",
+)
+@click.option("--top-k", type=int, default=None, help="Sample among the k likeliest words only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same text.")
+@click.option("--no-normalize", is_flag=True, help="Use the prompt's words exactly as given.")
+@fails_cleanly
+def generate(
+    params_path: Path,
+    model_name: str | None,
+    model_uri: str | None,
+    device: str,
+    prompt: str,
+    words: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    no_normalize: bool,
+) -> None:
+    """Sample text from a trained model, after the prompt; each <eos> prints as a line break.
+
+    Prompt words outside the vocabulary become <unk> (a note on stderr names them).
+    """
+    from .generate import as_text, generate, in_vocabulary
+    from .text import normalize
+
+    lm = _language_model(params_path, model_name, model_uri, device)
+    given = prompt.split() if no_normalize else normalize(prompt, set(lm.vocab))
+    known, oov = in_vocabulary(given, lm.vocab)
+    if oov:
+        click.echo(f"note: not in the vocabulary, read as <unk>: {' '.join(oov)}", err=True)
+    sampled = generate(lm, known, words, temperature, top_k, seed, device)
+    click.echo(as_text(known, sampled), nl=False)
+
+
+SCORE_HELP = f"""Log-probability and perplexity of sentences, one per line, from INPUT_FILE or
+stdin (-).
+
+Per sentence: words, OOV words (scored as <unk>), total log-probability (natural log) and
+perplexity; then a total line. Each sentence is scored on its own: from the zero state,
+after an <eos> (every corpus sentence follows one), predicting every word and the closing
+<eos>. Words/s go to stderr.
+
+Text is normalized the way PTB was prepared, so typed text reads as the model's training
+text did: {RULES}. --no-normalize scores the words as given.
+
+The whole input is read and checked first: an empty line, binary or non-UTF-8 input stops
+it with that line's number, before anything is printed.
+"""
+
+
+@main.command(name="score", help=SCORE_HELP)
+@model_source
+@click.argument("input_file", type=click.Path(path_type=Path, dir_okay=False), default="-")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
+@click.option(
+    "--carry-state",
+    is_flag=True,
+    help="Score the lines as one stream, state carried, exactly as `ptblm evaluate` scores "
+    "a split (its first token is context): prints the total only.",
+)
+@click.option("--no-normalize", is_flag=True, help="Score the words exactly as given.")
+@fails_cleanly
+def score_command(
+    params_path: Path,
+    model_name: str | None,
+    model_uri: str | None,
+    device: str,
+    input_file: Path,
+    fmt: str,
+    carry_state: bool,
+    no_normalize: bool,
+) -> None:
+    """Log-probability and perplexity of sentences (see SCORE_HELP)."""
+    from .score import parse, read_lines, render, score
+
+    source = "stdin" if str(input_file) == "-" else str(input_file)
+    try:
+        data = sys.stdin.buffer.read() if source == "stdin" else input_file.read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"{source}: cannot read ({exc.strerror})") from None
+    lines = read_lines(data, source)
+    lm = _language_model(params_path, model_name, model_uri, device)
+    sentences = parse(lines, lm.vocab, normalized=not no_normalize)
+    rows, total, rate = score(lm, sentences, device, carry_state=carry_state)
+    click.echo(render(rows, total, fmt), nl=False)
+    click.echo(f"{total.words + len(sentences):,} tokens scored, {rate:,.0f} words/s", err=True)
 
 
 if __name__ == "__main__":
