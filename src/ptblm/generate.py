@@ -45,7 +45,9 @@ def generate(
     with torch.no_grad():
         for _ in range(words):
             logits, state = model(ids, state)
-            next_id = _pick(logits[0, -1].float().cpu(), temperature, top_k, generator)
+            # ids past the vocabulary (vocab_size may exceed it) are words that do not exist
+            last = logits[0, -1, : len(lm.vocab)].float().cpu()
+            next_id = _pick(last, temperature, top_k, generator)
             out.append(lm.vocab[next_id])
             ids = torch.tensor([[next_id]], device=device)
     return out

@@ -26,7 +26,7 @@ RULES = (
     "lowercase; numbers (5, 1,000, 3.5, 1/2) and % become N; $ splits off; clitics split "
     "(didn't -> did n't, company's -> company 's); quotes, brackets and , ; : ? ! are "
     "dropped; a trailing period is dropped unless the word with it is in the vocabulary "
-    "(mr., u.s., inc.); <unk>, <eos> and N are kept as they are"
+    "(mr., u.s., inc.); words in the vocabulary (lowercased) and <unk>, <eos>, N are kept whole"
 )
 
 
@@ -34,10 +34,11 @@ def normalize(line: str, vocab: Container[str]) -> list[str]:
     """The words of `line` as PTB writes them (see RULES); idempotent on PTB's own text."""
     words: list[str] = []
     for raw in line.split():
-        if raw in KEEP:
-            words.append(raw)
+        lowered = raw.lower()
+        if raw in KEEP or lowered in vocab:  # a known word (us$, mr.) is not taken apart
+            words.append(raw if raw in KEEP else lowered)
             continue
-        for part in _SPLIT.split(raw.lower()):
+        for part in _SPLIT.split(lowered):
             words.extend(_word(part, vocab))
     return words
 
