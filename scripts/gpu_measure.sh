@@ -8,6 +8,11 @@
 #   OUT=/tmp/gpu scripts/gpu_measure.sh large plain-large   # or any parts, in that order
 #   PRECISION=fp32 DEADLINE_S=540 OUT=/tmp/gpu scripts/gpu_measure.sh small
 #
+#   OUT=/tmp/gpu scripts/gpu_measure.sh seeds-small seeds-medium   # 3 seeds each, mean ± sd
+#
+# A seeds-<config> part trains and evaluates <config> once per seed in SEEDS (default
+# "1 2 3"), keeps each run's metrics under seeds/<config>-seed<N>/ and writes
+# seeds/<config>.json: n, mean and sample standard deviation of each perplexity.
 # A plain-<config> part compares with metrics/<config>: run <config> first (here or before);
 # the plain loop has no autocast, so those parts need PRECISION fp32 or tf32.
 # PRECISION (default tf32) is train.precision for the reproductions. DEADLINE_S (default
@@ -48,8 +53,8 @@ fi
 
 # The reproductions read params.yaml's copy with train.precision = $PRECISION, tracking off.
 GPU_PARAMS="$RESULTS/params-gpu.yaml"
-set_param() {  # set_param KEY VALUE: train.KEY = VALUE (YAML) in $GPU_PARAMS
-    "$PYTHON" - "$GPU_PARAMS" "$1" "$2" <<'EOF'
+set_param() {  # set_param KEY VALUE [FILE]: train.KEY = VALUE (YAML) in FILE ($GPU_PARAMS)
+    "$PYTHON" - "${3:-$GPU_PARAMS}" "$1" "$2" <<'EOF'
 import sys, yaml
 path, key, value = sys.argv[1:]
 params = yaml.safe_load(open(path, encoding="utf-8"))
@@ -63,6 +68,47 @@ set_param precision "$PRECISION"
 
 left() {  # seconds before DEADLINE_S (a large number when there is none)
     if [ "$DEADLINE_S" -gt 0 ]; then echo $((DEADLINE_S - SECONDS)); else echo 86400; fi
+}
+
+train_evaluate() {  # train_evaluate CONFIG PARAMS LOG_SUFFIX: one reproduction, logged
+    timeout "$(left)" "$PYTHON" -m ptblm.cli train --params "$2" --model "$1" 2>&1 \
+        | tee "$RESULTS/logs/train-$1$3.log" \
+        && "$PYTHON" -m ptblm.cli evaluate --params "$2" --model "$1" 2>&1 \
+        | tee "$RESULTS/logs/evaluate-$1$3.log"
+}
+
+run_seeds() {  # run_seeds CONFIG: every seed in $SEEDS, then n / mean / sd in seeds/CONFIG.json
+    local seed params kept
+    for seed in ${SEEDS:-1 2 3}; do
+        [ "$(left)" -gt 10 ] || { echo "seeds-$1: seed $seed skipped, deadline reached"; return 1; }
+        params="$RESULTS/params-gpu-seed$seed.yaml"
+        kept="$RESULTS/seeds/$1-seed$seed"
+        cp "$GPU_PARAMS" "$params"
+        set_param seed "$seed" "$params" \
+            && train_evaluate "$1" "$params" "-seed$seed" \
+            && mkdir -p "$kept" && cp "metrics/$1/train.json" "metrics/$1/eval.json" \
+                "timings/$1/speed.json" "plots/$1/history.csv" "$kept/" \
+            || return 1
+    done
+    "$PYTHON" - "$RESULTS/seeds" "$1" <<'EOF'
+import json, statistics, sys
+from pathlib import Path
+folder, config = Path(sys.argv[1]), sys.argv[2]
+runs = {}
+for run in sorted(folder.glob(f"{config}-seed*")):
+    train = json.loads((run / "train.json").read_text())
+    test = json.loads((run / "eval.json").read_text())["test_perplexity"]
+    seed = run.name.rsplit("seed", 1)[1]
+    runs[seed] = {"train": train["train_perplexity"], "valid": train["valid_perplexity"], "test": test}
+summary = {"config": config, "n": len(runs), "seeds": runs}
+for split in ("train", "valid", "test"):
+    values = [r[split] for r in runs.values()]
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    summary[split] = {"mean": statistics.mean(values), "sd": sd}
+(folder / f"{config}.json").write_text(json.dumps(summary, indent=1) + "\n")
+shown = [f"{s} {summary[s]['mean']:.2f} ± {summary[s]['sd'] or 0:.2f}" for s in ("train", "valid", "test")]
+print(f"{config}: n={len(runs)}  " + "  ".join(shown))
+EOF
 }
 
 run_part() {  # every step chained with &&: `if` switches set -e off inside its condition
@@ -85,13 +131,13 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 --out "$RESULTS/benchmarks" 2>&1 | tee "$RESULTS/logs/bench.log"
             ;;
         small | medium | large | test)
-            timeout "$limit" "$PYTHON" -m ptblm.cli train --params "$GPU_PARAMS" --model "$1" \
-                2>&1 | tee "$RESULTS/logs/train-$1.log" \
-                && "$PYTHON" -m ptblm.cli evaluate --params "$GPU_PARAMS" --model "$1" 2>&1 \
-                | tee "$RESULTS/logs/evaluate-$1.log" \
+            train_evaluate "$1" "$GPU_PARAMS" "" \
                 && for d in metrics plots timings; do
                     mkdir -p "$RESULTS/$d" && cp -r "$d/$1" "$RESULTS/$d/"
                 done
+            ;;
+        seeds-small | seeds-medium | seeds-large | seeds-test)
+            run_seeds "${1#seeds-}"
             ;;
         plain-small | plain-medium | plain-large | plain-test)
             timeout "$limit" "$PYTHON" benchmarks/plain_run.py --config "${1#plain-}" \
@@ -99,7 +145,8 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 --out "$RESULTS/plain" 2>&1 | tee "$RESULTS/logs/$1.log"
             ;;
         *)
-            echo "unknown part: $1 (check, bench, small, medium, large, test, plain-<config>)" >&2
+            echo "unknown part: $1 (check, bench, small, medium, large, test, plain-<config>," \
+                "seeds-<config>)" >&2
             return 2
             ;;
     esac

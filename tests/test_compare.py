@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -34,9 +35,9 @@ def test_deltas_to_the_paper_and_reference_rows(tmp_path: Path) -> None:
     write_results(tmp_path, "test", valid=900.0, test=880.0)
     table = with_reference(from_metrics(tmp_path / "metrics", tmp_path / "timings"))
     small = table[table["run"] == "metrics/small"].iloc[0]
-    assert small["Δvalid vs paper"] == pytest.approx(1.0)
-    assert small["Δtest vs paper"] == pytest.approx(-1.0)
-    assert pd.isna(table[table["run"] == "metrics/test"].iloc[0]["Δtest vs paper"])
+    assert small["Δvalid vs paper (ppl)"] == pytest.approx(1.0)
+    assert small["Δtest vs paper (ppl)"] == pytest.approx(-1.0)
+    assert pd.isna(table[table["run"] == "metrics/test"].iloc[0]["Δtest vs paper (ppl)"])
     # the published rows of the configs that were run, and only those
     assert set(table.loc[table["config"] == "small", "run"]) == {"metrics/small", *REFERENCE}
     assert set(table["config"]) == {"small", "test"}
@@ -74,11 +75,11 @@ def test_runs_from_the_mlflow_store(tmp_path: Path, monkeypatch) -> None:
             mlflow.set_tags({"config": "small", "device_name": "cpu (2 threads)"})
             mlflow.log_metrics(
                 {
-                    "final_train_perplexity": 37.0,
-                    "final_valid_perplexity": 121.0,
+                    "train_perplexity": 37.0,
+                    "valid_perplexity": 121.0,
                     "test_perplexity": test,
-                    "mean_words_per_sec": 5000.0,
-                    "train_wall_time_s": 3600.0,
+                    "x/mean_words_per_sec": 5000.0,
+                    "x/train_wall_time_s": 3600.0,
                 }
             )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -87,7 +88,11 @@ def test_runs_from_the_mlflow_store(tmp_path: Path, monkeypatch) -> None:
     table = pd.read_csv(io.StringIO(result.output))
     runs = table[table["run"].str.startswith("small-")]
     assert list(runs["run"]) == ["small-a", "small-b"]
-    assert list(runs["Δtest vs paper"].round(2)) == [0.5, -0.5]
+    assert list(runs["Δtest vs paper (ppl)"].round(2)) == [0.5, -0.5]
+    assert list(runs["Δtest vs paper (%)"].round(3)) == [
+        round(50 / 114.5, 3),
+        -round(50 / 114.5, 3),
+    ]
 
 
 def test_missing_store_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
@@ -96,3 +101,51 @@ def test_missing_store_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
     assert result.exit_code == 1
     assert "no MLflow store" in result.output and "--source metrics" in result.output
     assert not (tmp_path / "none.db").exists()
+
+
+def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, monkeypatch) -> None:
+    """Three seeds of one config, and one run with another hidden size, in a real store."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("ptb-lm")
+    runs = [  # (seed, hidden_size, train, valid, test)
+        (1, 200, 40.0, 120.0, 115.0),
+        (2, 200, 41.0, 122.0, 116.0),
+        (3, 200, 45.0, 127.0, 120.0),
+        (1, 300, 30.0, 110.0, 105.0),
+    ]
+    for seed, hidden, train, valid, test in runs:
+        with mlflow.start_run(run_name=f"h{hidden}-s{seed}"):
+            mlflow.set_tags({"config": "small", "device_name": "cpu (2 threads)"})
+            mlflow.log_params({"config": "small", "hidden_size": hidden, "train.seed": seed,
+                               "num_layers": 2})  # fmt: skip
+            for epoch, factor in ((1, 2.0), (2, 1.0)):  # the latest epoch is the final value
+                mlflow.log_metrics(
+                    {"train_perplexity": train * factor, "valid_perplexity": valid * factor},
+                    step=epoch,
+                )
+            mlflow.log_metric("test_perplexity", test)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = CliRunner().invoke(main, ["compare", "--params", str(PARAMS), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output), dtype={"train.seed": str})
+    assert {"hidden_size", "train.seed", "n", "sd test"} <= set(table.columns)
+    assert "num_layers" not in table.columns  # the same in every run
+    ours = table[~table["run"].isin(REFERENCE)].reset_index(drop=True)
+    assert list(ours["run"]) == ["h200-s1", "h200-s2", "h200-s3", "mean of 3 runs", "h300-s1"]
+    summary = ours.iloc[3]
+    assert summary["n"] == 3 and summary["train.seed"] == "1,2,3"
+    assert summary["hidden_size"] == 200
+    for split, values in (("train", [40, 41, 45]), ("valid", [120, 122, 127]),
+                          ("test", [115, 116, 120])):  # fmt: skip
+        assert summary[split] == pytest.approx(statistics.mean(values))
+        assert summary[f"sd {split}"] == pytest.approx(statistics.stdev(values))
+    assert ours.iloc[4]["n"] == 1 and pd.isna(ours.iloc[4]["sd test"])
+
+    markdown = CliRunner().invoke(
+        main, ["compare", "--params", str(PARAMS), "--format", "markdown"]
+    )
+    assert "| mean of 3 runs " in markdown.output and "| 1,2,3 " in markdown.output
+    assert "Δtest vs paper (ppl)" in markdown.output and "Δtest vs paper (%)" in markdown.output

@@ -13,6 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import PROJECT_ROOT, make_project, run, tool_env
 from test_train import write_corpus
@@ -67,7 +68,7 @@ def test_gpu_script_trains_ours_then_the_plain_loop_and_compares(tmp_path):
     write_corpus(repo, train_tokens=20_000)  # data/prepared: seconds of `test`, not minutes
 
     out = tmp_path / "out"
-    done = gpu_script(repo, out, "test", "plain-test", PRECISION="fp32")
+    done = gpu_script(repo, out, "test", "plain-test", "seeds-test", PRECISION="fp32", SEEDS="1 2")
     assert done.returncode == 0, done.stdout + done.stderr
     files = members(out / "results.tar.gz")
     assert "results/metrics/test/eval.json" in files
@@ -76,3 +77,10 @@ def test_gpu_script_trains_ours_then_the_plain_loop_and_compares(tmp_path):
     assert report["comparison"]["within_tolerance"] is True  # no dropout in `test`
     assert "valid and test within 0.5%" in files["results/logs/plain-test.log"]
     assert not any(name.startswith("results/partial-") for name in files)  # nothing interrupted
+    seeds = json.loads(files["results/seeds/test.json"])
+    assert seeds["n"] == 2 and set(seeds["seeds"]) == {"1", "2"}
+    tests = [seeds["seeds"][s]["test"] for s in ("1", "2")]
+    assert tests[0] != tests[1]  # the seed reached training
+    assert seeds["test"]["mean"] == pytest.approx(sum(tests) / 2)
+    assert seeds["test"]["sd"] == pytest.approx(abs(tests[0] - tests[1]) / 2**0.5)
+    assert "results/seeds/test-seed2/eval.json" in files

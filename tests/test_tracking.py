@@ -17,11 +17,17 @@ import pytest
 from conftest import dvc, run, tool_env
 
 from ptblm.config import TrackingParams
-from ptblm.tracking import NullTracker, TrackingError, open_tracker
+from ptblm.tracking import (
+    EPOCH_METRICS,
+    EVAL_METRICS,
+    TRAIN_SUMMARY,
+    NullTracker,
+    TrackingError,
+    open_tracker,
+)
 
 # A faster variant of the `test` config (same tokens, 35 steps per window): 1 epoch in seconds.
 FAST = ("-S", "models.test.num_steps=35")
-EPOCH_METRICS = ("train_perplexity", "valid_perplexity", "lr", "words_per_sec", "epoch_time_s")
 SENTENCE = "the company said it expects to report a loss"
 
 
@@ -119,12 +125,13 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
     assert tags["torch_version"] and tags["device_name"]
 
     store = client(uri)
-    for key in EPOCH_METRICS:
+    for key in EPOCH_METRICS.values():
         assert [m.step for m in store.get_metric_history(run_id, key)] == [1], key
     eval_json = json.loads((project / "metrics/test/eval.json").read_text())
     metrics = found.data.metrics
     assert metrics["test_perplexity"] == pytest.approx(eval_json["test_perplexity"], abs=1e-3)
-    assert metrics["total_wall_time_s"] > metrics["train_wall_time_s"] > 0
+    total, trained = EVAL_METRICS["total_wall_time_s"], TRAIN_SUMMARY["wall_time_s"]
+    assert metrics[total] > metrics[trained] > 0
     assert any(k.startswith("system/cpu") for k in metrics)
 
     artifacts = {a.path for a in store.list_artifacts(run_id)}
@@ -133,18 +140,14 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
 
     import mlflow
 
-    from ptblm.config import load_params
-    from ptblm.data import load_corpus
-    from ptblm.scoring import sentence_perplexity
-    from ptblm.train import load_model
+    import ptblm
+    from ptblm.score import parse, score
 
     mlflow.set_tracking_uri(uri)
     (logged,) = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict([SENTENCE])
-    corpus = load_corpus(project / "data/prepared")
-    config = load_params(project / "params.yaml").config
-    model = load_model(project / "models/test/model.pt", "test", config, corpus)
-    word_to_id = {w: i for i, w in enumerate(corpus.vocab)}
-    assert logged == pytest.approx(sentence_perplexity(model, word_to_id, SENTENCE), rel=1e-6)
+    lm = ptblm.load_model(project / "models/test/model.pt")
+    (row,), _, _ = score(lm, parse([SENTENCE], lm.vocab))
+    assert logged == pytest.approx(row.perplexity, rel=1e-6)
 
     # evaluate on its own (only its params changed): its own run, nested under the training
     # run, which keeps its one test score and its wall time
@@ -156,7 +159,7 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
     training = by_id.pop(run_id)
     (evaluation,) = by_id.values()
     assert len(store.get_metric_history(run_id, "test_perplexity")) == 1
-    assert training.data.metrics["total_wall_time_s"] == metrics["total_wall_time_s"]
+    assert training.data.metrics[total] == metrics[total]
     assert evaluation.data.tags["ptblm.training_run_id"] == run_id
     assert evaluation.data.tags["mlflow.parentRunId"] == run_id
     assert evaluation.data.params["evaluate.batch_size"] == "5"
@@ -306,7 +309,7 @@ def test_two_processes_logging_to_one_store_lose_nothing(tmp_path: Path) -> None
     assert sorted(r.info.run_name for r in found) == ["a", "b"]
     store = client(uri)
     for r in found:
-        for key in EPOCH_METRICS:
+        for key in EPOCH_METRICS.values():
             steps = [m.step for m in store.get_metric_history(r.info.run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), (r.info.run_name, key)
         assert r.info.status == "FINISHED"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -11,17 +12,29 @@ from .commands.compare import compare
 from .commands.evaluate import evaluate_command
 from .commands.extract import extract
 from .commands.fetch import fetch
+from .commands.generate import generate
 from .commands.prepare import prepare
+from .commands.score import score_command
 from .commands.train import train_command
+from .tracking import VERBOSE_ENV
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ptblm")
-def main() -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help=f"Show MLflow's INFO lines, warnings and download bars (or set {VERBOSE_ENV}=1).",
+)
+def main(verbose: bool) -> None:
     """Zaremba et al. (2014) PTB language models: the stages of the DVC pipeline, and tools.
 
-    Run the whole pipeline with `dvc repro`; each stage command here is one stage.
+    Run the whole pipeline with `dvc repro`; each stage command here is one stage. `generate`
+    and `score` use a trained model.
     """
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 for command in (
@@ -32,6 +45,8 @@ for command in (
     train_command,
     evaluate_command,
     compare,
+    generate,
+    score_command,
 ):
     main.add_command(command)
 

@@ -2,6 +2,9 @@
 
 Rows come from the MLflow store (every tracked run) or from metrics/ (the committed
 results of each config); both give the same columns, so the report reads the same.
+From the store, params that differ between the runs become columns (so rows of a sweep
+can be told apart), and runs that differ only in `train.seed` get a summary row after
+them: n, mean and sample standard deviation of their perplexities.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import PtblmError
-from .tracking import sqlite_path
+from .tracking import AUX, sqlite_path
 
 # The one place the published numbers live: Zaremba et al. (2014), Table 1, and the
 # TensorFlow ptb_word_lm.py tutorial's reported results (train / valid / test).
@@ -29,7 +32,11 @@ REFERENCE: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 PAPER = "paper (Zaremba et al. 2014)"
-COLUMNS = ["run", "config", "train", "valid", "test", "words/s", "train wall s", "device"]
+SPLITS = ("train", "valid", "test")
+COLUMNS = ["run", "config", *SPLITS, "words/s", "train wall s", "device"]
+SEED = "train.seed"
+NUMBERS = {*SPLITS, "words/s", "train wall s", "n", *(f"sd {s}" for s in SPLITS)}
+WHOLE = ("words/s", "train wall s", "n")  # shown without decimals
 
 
 class CompareError(PtblmError):
@@ -79,22 +86,70 @@ def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
     if runs.empty:
         raise CompareError(f"no runs in experiment {experiment!r} at {uri}")
 
-    def column(name: str) -> pd.Series:
-        return runs[name] if name in runs else pd.Series([None] * len(runs), index=runs.index)
+    def column(*names: str) -> pd.Series:
+        """The first of `names` a run has (runs logged before a rename have the old name)."""
+        result = pd.Series([None] * len(runs), index=runs.index, dtype=object)
+        for name in reversed(names):
+            if name in runs:
+                result = runs[name].combine_first(result)
+        return result
 
     table = pd.DataFrame(
         {
             "run": column("tags.mlflow.runName"),
             "config": column("tags.config"),
-            "train": column("metrics.final_train_perplexity"),
-            "valid": column("metrics.final_valid_perplexity"),
+            "train": column("metrics.train_perplexity", "metrics.final_train_perplexity"),
+            "valid": column("metrics.valid_perplexity", "metrics.final_valid_perplexity"),
             "test": column("metrics.test_perplexity"),
-            "words/s": column("metrics.mean_words_per_sec"),
-            "train wall s": column("metrics.train_wall_time_s"),
+            "words/s": column(f"metrics.{AUX}mean_words_per_sec", "metrics.mean_words_per_sec"),
+            "train wall s": column(f"metrics.{AUX}train_wall_time_s", "metrics.train_wall_time_s"),
             "device": column("tags.device_name"),
         }
     )
-    return table.reset_index(drop=True)
+    params = pd.DataFrame(
+        {c.removeprefix("params."): runs[c] for c in runs.columns if c.startswith("params.")},
+        index=runs.index,
+    ).fillna("")
+    varying = [k for k in params if k != "config" and params[k].nunique() > 1]
+    table = pd.concat([table, params[varying]], axis=1).reset_index(drop=True)
+    return with_seed_groups(table, params.reset_index(drop=True))
+
+
+def with_seed_groups(table: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
+    """After each set of 2+ runs alike in everything but `train.seed`: a row with n and the
+    mean and sample standard deviation (n - 1) of their perplexities."""
+    table = table.assign(n=1)
+    same = [k for k in params if k != SEED]
+    keys = table["config"].astype(str) + "\x00" + params[same].astype(str).agg("\x00".join, axis=1)
+    rows, done = [], set()
+    for index, key in enumerate(keys):
+        rows.append(table.iloc[[index]])
+        members = keys.index[keys == key]
+        if key in done or index != members[-1] or len(members) < 2:
+            continue
+        done.add(key)
+        group = table.loc[members]
+        summary = {
+            "run": f"mean of {len(members)} runs",
+            "config": group["config"].iloc[0],
+            "n": len(members),
+            "device": group["device"].iloc[0] if group["device"].nunique() == 1 else "",
+        }
+        for name in (*SPLITS, "words/s", "train wall s"):
+            summary[name] = pd.to_numeric(group[name]).mean()
+        for split in SPLITS:
+            summary[f"sd {split}"] = pd.to_numeric(group[split]).std(ddof=1)
+        for name in table.columns.difference([*summary, *SPLITS, "words/s", "train wall s"]):
+            values = group[name].astype(str).unique()
+            summary[name] = values[0] if len(values) == 1 else ""
+        if SEED in table:  # the seeds, in order
+            summary[SEED] = ",".join(sorted(params.loc[members, SEED].astype(str), key=_natural))
+        rows.append(pd.DataFrame([summary]))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _natural(text: str) -> tuple:
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
 
 
 def with_reference(runs: pd.DataFrame) -> pd.DataFrame:
@@ -103,7 +158,9 @@ def with_reference(runs: pd.DataFrame) -> pd.DataFrame:
     paper = table["config"].map(REFERENCE[PAPER])
     for split in ("valid", "test"):
         published = paper.map(lambda ref, s=split: ref.get(s) if isinstance(ref, dict) else None)
-        table[f"Δ{split} vs paper"] = pd.to_numeric(table[split]) - pd.to_numeric(published)
+        delta = pd.to_numeric(table[split]) - pd.to_numeric(published)
+        table[f"Δ{split} vs paper (ppl)"] = delta
+        table[f"Δ{split} vs paper (%)"] = 100 * delta / pd.to_numeric(published)
     reference = [
         {"run": source, "config": config, **values}
         for source, configs in REFERENCE.items()
@@ -116,12 +173,13 @@ def with_reference(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
-    """Numbers to 2 decimals (words/s and seconds to whole units); blanks, not NaN."""
+    """Numbers to 2 decimals (words/s, seconds and n to whole units); params as logged;
+    blanks, not NaN."""
     shown = table.copy()
     for name in shown.columns:
-        if name in ("run", "config", "device"):
+        if name not in NUMBERS and not name.startswith("Δ"):
             continue
-        digits = 0 if name in ("words/s", "train wall s") else 2
+        digits = 0 if name in WHOLE else 2
         shown[name] = pd.to_numeric(shown[name]).map(
             lambda v, d=digits: "" if pd.isna(v) else f"{v:,.{d}f}" if d == 0 else f"{v:.{d}f}"
         )

@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +30,30 @@ from .config import TrackingParams
 from .errors import PtblmError
 from .fsutil import write_json
 
-EPOCH_METRICS = ("train_perplexity", "valid_perplexity", "lr", "words_per_sec", "epoch_time_s")
+# The MLflow UI lists a run's metrics sorted by name (`Array.sort()` in its bundle, code-unit
+# order; "system/" ones in a section of their own). So the three perplexities keep their
+# plain names and everything else lives under "x/", which sorts after them: test, train and
+# valid perplexity come first in the runs table, the run page and the charts.
+AUX = "x/"
+EPOCH_METRICS = {  # record key -> metric, logged at step = epoch
+    "train_perplexity": "train_perplexity",
+    "valid_perplexity": "valid_perplexity",
+    "lr": f"{AUX}lr",
+    "words_per_sec": f"{AUX}words_per_sec",
+    "epoch_time_s": f"{AUX}epoch_time_s",
+}
+TRAIN_SUMMARY = {  # TrainResult field -> metric, logged once
+    "words_per_sec": f"{AUX}mean_words_per_sec",
+    "wall_time_s": f"{AUX}train_wall_time_s",
+}
+EVAL_METRICS = {  # what `evaluate` adds
+    "test_perplexity": "test_perplexity",
+    "eval_valid_perplexity": f"{AUX}eval_valid_perplexity",
+    "eval_words_per_sec": f"{AUX}eval_words_per_sec",
+    "total_wall_time_s": f"{AUX}total_wall_time_s",
+}
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # UI: runs, not traces
+VERBOSE_ENV = "PTBLM_VERBOSE"
 SYSTEM_METRICS_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 5.0
 SQLITE_RETRIES = 8
@@ -38,6 +64,23 @@ T = TypeVar("T")
 
 class TrackingError(PtblmError):
     """The tracking store cannot be used; the message says how to fix or skip it."""
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_mlflow() -> None:
+    """No MLflow INFO lines (store creation, system metrics start/stop) and no artifact
+    download bars, unless $PTBLM_VERBOSE (`ptblm --verbose`) asks for them. MLflow's own
+    settings, so `mlflow models serve` and other subprocesses follow; a user's own values win.
+    """
+    if verbose():
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "mlflow" in sys.modules:  # configured at import: set the level it read then
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
 
 
 def project_root() -> Path:
@@ -129,6 +172,7 @@ class MlflowTracker(NullTracker):
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
     ):
+        quiet_mlflow()
         import mlflow
 
         self._mlflow = mlflow
@@ -163,7 +207,7 @@ class MlflowTracker(NullTracker):
         raise AssertionError("unreachable")
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        metrics = {k: float(record[k]) for k in EPOCH_METRICS}
+        metrics = {name: float(record[key]) for key, name in EPOCH_METRICS.items()}
         self.log_metrics(metrics, step=int(record["epoch"]))
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -180,20 +224,31 @@ class MlflowTracker(NullTracker):
             self._retry(lambda p=path: self._mlflow.log_artifact(str(p)))
 
     def log_model(self, model_path: Path, vocab_path: Path) -> None:
-        """A pyfunc that scores text (see ptblm.scoring), with ptblm's code bundled in."""
+        """The model as code (ptblm/mlflow_model.py, which scores sentences), its weights and
+        vocabulary as artifacts, ptblm's source bundled: loading it unpickles nothing."""
         import torch
 
-        from .scoring import SentenceScorer
+        from . import mlflow_model
 
-        self._retry(
-            lambda: self._mlflow.pyfunc.log_model(
-                name="model",
-                python_model=SentenceScorer(),
-                artifacts={"model": str(model_path), "vocab": str(vocab_path)},
-                code_paths=[str(Path(__file__).parent)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pandas"],
+        with tempfile.TemporaryDirectory() as tmp:
+            code = Path(tmp) / "ptblm"  # the package without __pycache__ (no .pyc in the model)
+            shutil.copytree(
+                Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__")
             )
-        )
+            self._retry(
+                lambda: self._mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=mlflow_model.__file__,
+                    artifacts={"model": str(model_path), "vocab": str(vocab_path)},
+                    code_paths=[str(code)],
+                    input_example=list(mlflow_model.EXAMPLE),
+                    pip_requirements=[
+                        f"torch=={torch.__version__.split('+')[0]}",
+                        "numpy",
+                        "pandas",
+                    ],
+                )
+            )
 
     def elapsed_s(self) -> float:
         return time.time() - self._start_ms / 1000
@@ -215,11 +270,15 @@ def _experiment_id(mlflow, uri: str, name: str) -> str:
     """
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND[0] not in found.tags:  # made by an older ptblm
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
     db = sqlite_path(uri)
     location = (db.parent / "mlruns" / name).as_uri() if db else None
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(
+            name, artifact_location=location, tags=dict([EXPERIMENT_KIND])
+        )
     except Exception:
         found = mlflow.get_experiment_by_name(name)
         if found is None:

@@ -459,6 +459,7 @@ def save_model(path: Path, model: PTBModel, config_name: str, corpus: Corpus) ->
         "config_name": config_name,
         "config": asdict(model.config),
         "vocab_fingerprint": corpus.fingerprint,
+        "vocab": corpus.vocab,  # self-contained: ptblm.load_model needs no data/prepared
         "state_dict": model.state_dict(),
     }
     with atomic_path(path) as tmp:

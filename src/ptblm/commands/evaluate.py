@@ -80,14 +80,14 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
                 "batch_size": batch,
             },
         )
-        metrics = {
+        evaluated = {
             "test_perplexity": scores["test"].perplexity,
             "eval_valid_perplexity": scores["valid"].perplexity,
             "eval_words_per_sec": scores["test"].words_per_sec,
         }
         if tracker.reopened:  # the training run's: its time from start to end
-            metrics["total_wall_time_s"] = tracker.elapsed_s()
-        tracker.log_metrics(metrics)
+            evaluated["total_wall_time_s"] = tracker.elapsed_s()
+        tracker.log_metrics({tracking.EVAL_METRICS[k]: v for k, v in evaluated.items()})
         tracker.log_artifacts([eval_json])
     except BaseException:
         tracker.end(failed=True)

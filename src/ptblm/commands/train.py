@@ -66,13 +66,9 @@ def _log_training(
             "resumed_from_epoch": result.resumed_from_epoch,
         }
     )
+    # the final train and valid perplexities are the last epoch's (MLflow's latest value)
     tracker.log_metrics(
-        {
-            "final_train_perplexity": result.train_perplexity,
-            "final_valid_perplexity": result.valid_perplexity,
-            "mean_words_per_sec": result.words_per_sec,
-            "train_wall_time_s": result.wall_time_s,
-        }
+        {name: getattr(result, field) for field, name in tracking.TRAIN_SUMMARY.items()}
     )
     tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *files])
     tracker.log_model(model_path, PREPARED_DIR / "vocab.txt")
