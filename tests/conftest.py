@@ -47,9 +47,22 @@ def run(
     check: bool = True,
     timeout: float = 900,
 ) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        args, cwd=cwd, env=env or tool_env(cwd), capture_output=True, text=True, timeout=timeout
-    )
+    # a session of its own, so a timeout kills what it started too (dvc's stage commands)
+    with subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env or tool_env(cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
