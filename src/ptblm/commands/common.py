@@ -36,6 +36,13 @@ model_option = click.option(
     help="Config to use instead of params.yaml's `model` (small, medium, large, test, ...).",
 )
 
+tracking_option = click.option(
+    "--tracking/--no-tracking",
+    "tracking_on",
+    default=None,
+    help="Override tracking.enabled (off: mlflow is not even imported).",
+)
+
 
 def fails_cleanly(command):
     """Expected failures become one line on stderr and exit code 1, not a traceback."""

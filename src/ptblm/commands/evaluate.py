@@ -17,18 +17,14 @@ from .common import (
     fails_cleanly,
     model_option,
     params_option,
+    tracking_option,
 )
 
 
 @click.command(name="evaluate")
 @params_option
 @model_option
-@click.option(
-    "--tracking/--no-tracking",
-    "tracking_on",
-    default=None,
-    help="Override tracking.enabled (off: mlflow is not even imported).",
-)
+@tracking_option
 @fails_cleanly
 def evaluate_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
     """Test (and valid) perplexity as the tutorial scores it: batch 1, state carried.

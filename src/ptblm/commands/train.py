@@ -24,6 +24,7 @@ from .common import (
     fails_cleanly,
     model_option,
     params_option,
+    tracking_option,
 )
 
 if TYPE_CHECKING:
@@ -116,12 +117,7 @@ def _write_results(params: Params, result: TrainResult, device) -> list[Path]:
 @click.command(name="train")
 @params_option
 @model_option
-@click.option(
-    "--tracking/--no-tracking",
-    "tracking_on",
-    default=None,
-    help="Override tracking.enabled (off: mlflow is not even imported).",
-)
+@tracking_option
 @fails_cleanly
 def train_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
     """Train the selected config; resumes from its last checkpoint if interrupted.
