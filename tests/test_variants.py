@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
-from ptblm.model import LinearCrossEntropy, LockedDropout, PTBModel, detach
+from ptblm.model import LockedDropout, PTBModel, detach
 from ptblm.train import TrainStep, learning_rate, run_epoch
 
 TINY = ModelConfig(
@@ -101,67 +101,76 @@ def test_default_is_the_2014_model_unchanged():
 
 def test_tied_weight_is_one_tensor_once_in_the_state_dict():
     model = PTBModel(variant(tie_weights=True))
-    weight = model.softmax_weight()
-    assert weight.shape == (8, 30)
-    assert (
-        weight.untyped_storage().data_ptr() == model.embedding.weight.untyped_storage().data_ptr()
-    )
-    assert "softmax.weight" not in model.state_dict()
-    assert [k for k in model.state_dict() if "weight" in k and "lstm" not in k] == [
-        "embedding.weight"
-    ]
+    assert [k for k in model.state_dict() if not k.startswith("lstm.")] == [
+        "softmax.weight",
+        "softmax.bias",
+    ]  # no embedding.weight: the embedding is the softmax weight's transpose
+    x = cyclic_ids(15).view(3, 5)
+    vectors = model.embed(x)
+    assert torch.equal(vectors, model.softmax.weight.t()[x])
     untied = PTBModel(TINY)
     count = sum(p.numel() for p in model.parameters())
-    assert count == sum(p.numel() for p in untied.parameters()) - 8 * 30
+    assert count == sum(p.numel() for p in untied.parameters()) - 30 * 8
 
 
-def test_tied_gradient_is_the_sum_of_both_uses_and_the_step_updates_both():
+def tied_and_untied_copy() -> tuple[PTBModel, PTBModel]:
+    """A tied model and an untied one computing the same function (embedding = W^T)."""
     torch.manual_seed(0)
     tied = PTBModel(variant(tie_weights=True))
     untied = PTBModel(TINY)
-    with torch.no_grad():  # the same function: the untied copy's softmax weight = E^T
+    with torch.no_grad():
         for name, param in tied.named_parameters():
             untied.get_parameter(name).copy_(param)
-        untied.softmax.weight.copy_(tied.embedding.weight.t())
+        untied.embedding.weight.copy_(tied.softmax.weight.t())
+    return tied, untied
+
+
+def test_tied_gradient_is_the_sum_of_both_uses_and_the_step_updates_both():
+    tied, untied = tied_and_untied_copy()
     x, y = cyclic_ids(15, seed=1).view(3, 5), cyclic_ids(15, seed=2).view(3, 5)
     cost, _ = tied.cost(x, y, tied.zero_state(3))
     cost.backward()
     reference, _ = untied.cost(x, y, untied.zero_state(3))
     reference.backward()
     torch.testing.assert_close(cost, reference)
-    # rows of words absent from x get gradient from the softmax use alone: both uses count
-    summed = untied.embedding.weight.grad + untied.softmax.weight.grad.t()
-    torch.testing.assert_close(tied.embedding.weight.grad, summed, rtol=1e-5, atol=1e-7)
-    assert not torch.allclose(tied.embedding.weight.grad, untied.embedding.weight.grad)
+    summed = untied.softmax.weight.grad + untied.embedding.weight.grad.t()
+    torch.testing.assert_close(tied.softmax.weight.grad, summed, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(tied.softmax.weight.grad, untied.softmax.weight.grad)
 
-    before = tied.embedding.weight.detach().clone()
+    before = tied.softmax.weight.detach().clone()
     step = TrainStep(tied)
     step.set_lr(0.5)
     step(x, y)
-    after = tied.embedding.weight.detach()
-    assert not torch.equal(after, before)
-    assert torch.equal(tied.softmax_weight().detach(), after.t())  # the softmax sees the update
-    unused = sorted(set(range(30)) - set(x.flatten().tolist()))
-    assert not torch.equal(after[unused], before[unused])  # moved by the softmax use alone
+    after = tied.softmax.weight.detach()
+    assert torch.equal(tied.embed(x), after.t()[x])  # the embedding sees the update
+    seen = sorted(set(x.flatten().tolist()))
+    unseen = sorted(set(range(30)) - set(seen))
+    assert not torch.equal(after[:, unseen], before[:, unseen])  # the softmax use alone
+    # the words of x moved by both uses: as the untied copy's two updates together
+    untied_step = TrainStep(untied)
+    untied_step.set_lr(0.5)
+    untied_step(x, y)
+    both = untied.softmax.weight + untied.embedding.weight.t() - before
+    torch.testing.assert_close(after[:, seen], both.detach()[:, seen], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_loss_with_the_tied_weight_equals_cross_entropy(dtype):
-    """The tied weight reaches the fused loss as a transposed view of [vocab, hidden]."""
-    gen = torch.Generator().manual_seed(3)
-    hidden = torch.randn(40, 16, dtype=dtype, generator=gen, requires_grad=True)
-    embedding = torch.randn(50, 16, dtype=dtype, generator=gen, requires_grad=True)
-    bias = torch.randn(50, dtype=dtype, generator=gen, requires_grad=True)
-    target = torch.randint(0, 50, (40,), generator=gen)
-    fused = LinearCrossEntropy.apply(hidden, embedding.t(), bias, target)
-    fused_grads = torch.autograd.grad(fused * 0.7, [hidden, embedding, bias])
-    logits = hidden @ embedding.t() + bias
-    ref = F.cross_entropy(logits, target, reduction="sum")
-    ref_grads = torch.autograd.grad(ref * 0.7, [hidden, embedding, bias])
-    tol = 1e-12 if dtype == torch.float64 else 1e-5
-    assert fused.item() == pytest.approx(ref.item(), rel=tol)
-    for got, want in zip(fused_grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+def test_fused_loss_of_the_tied_model_equals_cross_entropy_on_its_logits():
+    """Value and gradients (the tied tensor's included) of the fused loss against
+    F.cross_entropy on the logits of the same tied model."""
+    for dtype in (torch.float64, torch.float32):
+        tied, _ = tied_and_untied_copy()
+        tied.to(dtype)
+        x, y = cyclic_ids(15, seed=1).view(3, 5), cyclic_ids(15, seed=2).view(3, 5)
+        params = list(tied.parameters())
+        fused, _ = tied.cost(x, y, tuple(s.to(dtype) for s in tied.zero_state(3)))
+        fused_grads = torch.autograd.grad(fused, params)
+        logits, _ = tied(x, tuple(s.to(dtype) for s in tied.zero_state(3)))
+        ref = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / 3
+        ref_grads = torch.autograd.grad(ref, params)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert fused.item() == pytest.approx(ref.item(), rel=tol)
+        for got, want in zip(fused_grads, ref_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
 # --- variational dropout ---------------------------------------------------------------------

@@ -27,7 +27,8 @@ class PTBModel(nn.Module):
     per element (between layers nn.LSTM's own, so cuDNN runs all layers in one call);
     variational dropout draws one mask per sequence per call (`LockedDropout`), which
     nn.LSTM cannot put between its layers: the layers then run one call each.
-    With `tie_weights` the softmax weight is the embedding weight, transposed: one tensor.
+    With `tie_weights` the embedding is the softmax weight, transposed: one tensor (see
+    `embed`).
     """
 
     def __init__(self, config: ModelConfig):
@@ -36,7 +37,8 @@ class PTBModel(nn.Module):
         drop = 1.0 - config.keep_prob
         rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
         # construction order = the RNG draws of the default init: keep it as it was
-        self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        if not config.tie_weights:
+            self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         size = config.hidden_size
         if config.dropout == "variational":
             self.dropout = LockedDropout(drop)
@@ -47,7 +49,7 @@ class PTBModel(nn.Module):
             between = drop if config.num_layers > 1 else 0.0
             rnn = rnn_class(size, size, config.num_layers, dropout=between, batch_first=True)
         self.add_module(config.cell, rnn)  # named `lstm` or `gru` in the state dict
-        self.softmax = Softmax(config.hidden_size, config.vocab_size, config.tie_weights)
+        self.softmax = Softmax(config.hidden_size, config.vocab_size)
         self.reset_parameters()
 
     @property
@@ -69,15 +71,23 @@ class PTBModel(nn.Module):
         count = 2 if self.config.cell == "lstm" else 1
         return tuple(torch.zeros(shape, device=device) for _ in range(count))
 
-    def softmax_weight(self) -> torch.Tensor:
-        """The softmax weight, [hidden, vocab]; tied, a transposed view of the embedding's
-        [vocab, hidden], so autograd sums both uses' gradients into the one tensor."""
-        return self.embedding.weight.t() if self.config.tie_weights else self.softmax.weight
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Word vectors [batch, steps, hidden] for ids `x` [batch, steps].
+
+        Tied (Press & Wolf 2017, Inan et al. 2017), the embedding is the transpose of the
+        softmax weight [hidden, vocab]: its columns. Read with index_select on that tensor,
+        the embedding's gradient comes in the same [hidden, vocab] layout as the softmax's,
+        so autograd sums the two in one plain pass, and the softmax keeps TF's fast layout.
+        """
+        if not self.config.tie_weights:
+            return self.embedding(x)
+        columns = self.softmax.weight.index_select(1, x.flatten())  # [hidden, batch * steps]
+        return columns.t().unflatten(0, x.shape)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Logits [batch, steps, vocab] for ids `x` [batch, steps], and the next state."""
         hidden, state = self.features(x, state)
-        return torch.matmul(hidden, self.softmax_weight()) + self.softmax.bias, state
+        return self.softmax(hidden), state
 
     def cost(self, x: torch.Tensor, y: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """TF's cost: the sum over time steps of the mean-over-batch cross entropy.
@@ -86,14 +96,13 @@ class PTBModel(nn.Module):
         mean would make the effective learning rate num_steps times smaller.
         """
         hidden, state = self.features(x, state)
-        loss = LinearCrossEntropy.apply(
-            hidden.flatten(0, 1), self.softmax_weight(), self.softmax.bias, y.flatten()
-        )
+        hidden = hidden.flatten(0, 1)
+        loss = LinearCrossEntropy.apply(hidden, self.softmax.weight, self.softmax.bias, y.flatten())
         return loss / x.size(0), state
 
     def features(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """The softmax layer's input [batch, steps, hidden], dropout applied; the next state."""
-        inputs = self.dropout(self.embedding(x))
+        inputs = self.dropout(self.embed(x))
         if not isinstance(self.rnn, nn.ModuleList):
             hidden, state = _run(self.rnn, inputs, state)
             return self.dropout(hidden), state
@@ -139,16 +148,16 @@ class Softmax(nn.Module):
     TF's layout rather than nn.Linear's [vocab, hidden]: with it, all three products
     of a training step (the logits, the hidden and the weight gradients) reach
     oneDNN in the layouts it multiplies fastest (see `matmul`). On CPU they are
-    about three quarters of a small-config step. Tied, it owns only the bias: the
-    weight is the embedding's (`PTBModel.softmax_weight`), and none is registered here,
-    so the state dict and the model file hold the tied tensor once.
+    about three quarters of a small-config step. Tied, its weight is the embedding too.
     """
 
-    def __init__(self, hidden_size: int, vocab_size: int, tied: bool = False):
+    def __init__(self, hidden_size: int, vocab_size: int):
         super().__init__()
-        weight = None if tied else nn.Parameter(torch.empty(hidden_size, vocab_size))
-        self.register_parameter("weight", weight)
+        self.weight = nn.Parameter(torch.empty(hidden_size, vocab_size))
         self.bias = nn.Parameter(torch.empty(vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(hidden, self.weight) + self.bias
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -171,7 +171,7 @@ class TrainStep:
 
     def __init__(self, model: PTBModel, precision: str = "fp32", cuda_graph: bool = True) -> None:
         config = model.config
-        device = model.embedding.weight.device
+        device = model.softmax.weight.device
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.max_grad_norm = config.max_grad_norm
