@@ -60,13 +60,14 @@ def test_exp_show_lists_config_hyperparameters_and_perplexities(trained):
 
 def test_variant_switches_set_with_exp_run_train_and_evaluate(trained):
     """GRU, tied weights and variational dropout switched on from the command line, as keys
-    the test config does not have: train and evaluate rerun, the data stages do not."""
+    the test config does not have (so `++`, Hydra's add-or-override: a plain `-S` refuses a
+    new key): train and evaluate rerun, the data stages do not."""
     repo, env, _ = trained
     switches = [
         "model=test",
-        "models.test.cell=gru",
-        "models.test.tie_weights=true",
-        "models.test.dropout=variational",
+        "++models.test.cell=gru",
+        "++models.test.tie_weights=true",
+        "++models.test.dropout=variational",
         "models.test.keep_prob=0.5",  # so the variational masks do something
         "models.test.num_layers=2",  # and one sits between layers
         "models.test.num_steps=35",  # 17x fewer windows than test's 2: seconds, not a minute
