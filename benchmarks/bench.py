@@ -4,10 +4,12 @@ Every ratio comes from one process: the candidates (the plain loop, ours in each
 precision, on CUDA also ours without CUDA graphs) run interleaved, round after
 round, and each reports the median of its rounds, so a noisy or shared machine
 slows them alike. "Ours" calls the library's own `TrainStep` and `evaluate_split`,
-so it measures what users run.
+so it measures what users run. The variants (GRU, tied weights, variational dropout)
+are timed in the same rounds as the 2014 model of their size, against it.
 
     python benchmarks/bench.py                      # CPU: small config, fp32 + bf16
     python benchmarks/bench.py --device cuda --configs small,medium,large --precisions fp32,tf32
+    python benchmarks/bench.py --configs small,small-tied,small-gru --precisions fp32
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import click
@@ -52,6 +54,9 @@ PLAIN = "plain fp32"
 EXACT = "plain fp64"  # the trajectory reference: the plain loop without float32 rounding
 EAGER = "eager"  # suffix of ours without CUDA graphs, e.g. "ours tf32 eager"
 MIN_DIFF = 1e-12  # per-step distances below this count as this in the geometric mean
+# What makes a config a variant of the 2014 model, in how it computes (lr_schedule only
+# changes the learning rates, not the step).
+VARIANT_KEYS = ("cell", "tie_weights", "dropout")
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class PlainModel(nn.Module):
             self.lstm.load_state_dict(ours.lstm.state_dict())
             self.decoder.weight.copy_(ours.softmax.weight.t())
             self.decoder.bias.copy_(ours.softmax.bias)
-        self.to(ours.softmax.weight.device)
+        self.to(ours.embedding.weight.device)
 
     def forward(self, x: torch.Tensor, state):
         hidden, state = self.lstm(self.dropout(self.embedding(x)), state)
@@ -217,32 +222,34 @@ def plain_evaluate(ours: PTBModel, ids: torch.Tensor, device: torch.device) -> f
 # --- measurements -----------------------------------------------------------------------
 
 
+Job = tuple[str, ModelConfig, str]  # (config name, config, candidate)
+
+
 def measure_training(
-    config: ModelConfig,
-    work: Workload,
-    names: list[str],
-    warmup: int,
-    steps: int,
-    rounds: int,
-    seed: int,
-) -> dict[str, dict]:
-    """Median words/s over interleaved rounds, each candidate on its own model and data."""
-    trainers = [Trainer(name, config, work, seed) for name in names]
-    for trainer in trainers:
+    jobs: list[Job], work: Workload, warmup: int, steps: int, rounds: int, seed: int
+) -> dict[tuple[str, str], dict]:
+    """Median words/s over interleaved rounds, each (config, candidate) on its own model and
+    data; keyed by (config name, candidate)."""
+    trainers = {
+        (name, candidate): Trainer(candidate, config, work, seed)
+        for name, config, candidate in jobs
+    }
+    for trainer in trainers.values():
         trainer.run(warmup)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    seconds: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
     for _ in range(rounds):
-        for trainer in trainers:
-            seconds[trainer.name].append(trainer.run(steps))
-    words = steps * config.batch_size * config.num_steps
-    epoch_words = epoch_size(TRAIN_TOKENS, config.batch_size, config.num_steps) * (
-        config.batch_size * config.num_steps
-    )
+        for key, trainer in trainers.items():
+            seconds[key].append(trainer.run(steps))
     results = {}
-    for trainer in trainers:
-        rates = [words / s for s in seconds[trainer.name]]
+    for key, trainer in trainers.items():
+        config = trainer.config
+        words = steps * config.batch_size * config.num_steps
+        epoch_words = epoch_size(TRAIN_TOKENS, config.batch_size, config.num_steps) * (
+            config.batch_size * config.num_steps
+        )
+        rates = [words / s for s in seconds[key]]
         rate = statistics.median(rates)
-        results[trainer.name] = {
+        results[key] = {
             "train_words_per_sec": round(rate, 1),
             "train_words_per_sec_rounds": [round(r, 1) for r in rates],
             "epoch_time_s_derived": round(epoch_words / rate, 2),
@@ -376,7 +383,7 @@ def measure_scaling(
     name = f"ours {precision}"
     for key, value in cases:
         config = replace(base, **{key: value})
-        result = measure_training(config, work, [name], 5, steps, 1, seed)[name]
+        result = measure_training([(key, config, name)], work, 5, steps, 1, seed)[key, name]
         rows.append(
             {
                 "vary": key,
@@ -444,18 +451,22 @@ def markdown(report: dict) -> str:
         "",
         "Training words/s is the median of interleaved rounds (synchronized); epoch time is "
         "derived (epoch words / words/s). × plain: against the plain loop in the same precision "
-        "where it ran, else plain fp32. 'eager': ours without CUDA graphs. Eval: test tokens at "
-        "batch size 1 (no CUDA graphs there).",
+        "where it ran, else plain fp32; a variant (GRU, tied, variational): against the 2014 "
+        "model of its size, the same candidate, in the same rounds. 'eager': ours without CUDA "
+        "graphs. Eval: test tokens at batch size 1 (no CUDA graphs there).",
         "",
-        "| config | candidate | train words/s | × plain | epoch (s, derived) | eval words/s "
+        "| config | candidate | train words/s | × (against) | epoch (s, derived) | eval words/s "
         "| peak memory (MiB) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in report["results"]:
+        if "baseline_config" in row:
+            versus = f"{row['speedup_vs_baseline_config']:.2f} ({row['baseline_config']})"
+        else:
+            versus = f"{row['speedup_vs_plain']:.2f} ({row.get('baseline', PLAIN)})"
         lines.append(
             f"| {row['config']} | {row['candidate']} | {row['train_words_per_sec']:,.0f} | "
-            f"{row['speedup_vs_plain']:.2f} ({row.get('baseline', PLAIN)}) | "
-            f"{row['epoch_time_s_derived']:.1f} | "
+            f"{versus} | {row['epoch_time_s_derived']:.1f} | "
             f"{row['eval_words_per_sec']:,.0f} | {row.get('peak_memory_mib', float('nan')):.0f} |"
         )
     for config, check in report["trajectory"].items():
@@ -547,6 +558,37 @@ def baseline(name: str, names: list[str]) -> str:
     return same if same in names else PLAIN
 
 
+def ours(names: list[str]) -> list[str]:
+    """The candidates that run ptblm's own step: the only ones a variant config has."""
+    return [name for name in names if not name.startswith("plain")]
+
+
+def size_groups(
+    configs: list[str], models: dict[str, ModelConfig]
+) -> list[list[tuple[str, ModelConfig]]]:
+    """The configs asked for, grouped: a 2014 config first, then the variants of its size.
+
+    A variant (GRU, tied, variational) is timed in the same interleaved rounds as the
+    2014 model of its size: the same config with the variant switches at their defaults,
+    named after a config of params.yaml that is exactly that (small for small-tied), else
+    `<variant> as 2014`. It joins the run whether asked for or not.
+    """
+    defaults = {f.name: f.default for f in fields(ModelConfig) if f.name in VARIANT_KEYS}
+    groups: dict[ModelConfig, list[tuple[str, ModelConfig]]] = {}
+    for name in configs:
+        if name not in models:
+            raise click.BadParameter(
+                f"{name!r} is not a config of params.yaml", param_hint="--configs"
+            )
+        config = models[name]
+        plain = replace(config, **defaults)
+        base = next((n for n, c in models.items() if c == plain), f"{name} as 2014")
+        group = groups.setdefault(plain, [(base, plain)])
+        if config != plain:
+            group.append((name, config))
+    return list(groups.values())
+
+
 def _list(kind: Callable[[str], object]) -> Callable:
     return lambda ctx, param, value: [kind(v) for v in value.split(",") if v]
 
@@ -557,7 +599,8 @@ def _list(kind: Callable[[str], object]) -> Callable:
     default="small",
     show_default=True,
     callback=_list(str),
-    help="Comma-separated configs of params.yaml: small, medium, large, test.",
+    help="Comma-separated configs of params.yaml, e.g. small,small-tied,small-gru; each "
+    "variant is timed beside the 2014 model of its size.",
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
@@ -650,37 +693,51 @@ def main(
         "trajectory": {},
         "scaling": [],
     }
-    for name in configs:
-        config = params.models[name]
-        click.echo(f"{name}: training ({rounds} rounds x {steps} steps, interleaved)")
-        trained = measure_training(config, work, names, warmup, steps, rounds, seed)
-        click.echo(f"{name}: evaluation at batch size 1")
-        evaluated = measure_evaluation(config, work, names, eval_words, eval_words // 10)
-        for candidate in names:
-            plain = baseline(candidate, names)
-            row = {
-                "config": name,
-                "candidate": candidate,
-                **trained[candidate],
-                "baseline": plain,
-                "speedup_vs_plain": round(
-                    trained[candidate]["train_words_per_sec"]
-                    / trained[plain]["train_words_per_sec"],
-                    3,
-                ),
-                "eval_words_per_sec": evaluated[candidate],
-            }
-            if memory:
-                row.update(measure_peak_memory(config, work, candidate, seed))
-            report["results"].append(row)
-            click.echo(
-                f"  {candidate:16s} {row['train_words_per_sec']:>10,.0f} words/s "
-                f"x{row['speedup_vs_plain']:.2f}  epoch {row['epoch_time_s_derived']:7.1f} s"
-                f"  eval {row['eval_words_per_sec']:>9,.0f} words/s"
-            )
+    for group in size_groups(configs, params.models):
+        (base, base_config), variants = group[0], group[1:]
+        jobs = [(base, base_config, c) for c in names]
+        jobs += [(name, config, c) for name, config in variants for c in ours(names)]
+        click.echo(
+            f"{', '.join(name for name, _ in group)}: training ({rounds} rounds x {steps} "
+            "steps, interleaved)"
+        )
+        trained = measure_training(jobs, work, warmup, steps, rounds, seed)
+        for name, config in group:
+            candidates = names if name == base else ours(names)
+            click.echo(f"{name}: evaluation at batch size 1")
+            evaluated = measure_evaluation(config, work, candidates, eval_words, eval_words // 10)
+            for candidate in candidates:
+                result = trained[name, candidate]
+                rate = result["train_words_per_sec"]
+                row = {"config": name, "candidate": candidate, **result}
+                if name == base:
+                    plain = baseline(candidate, names)
+                    row["baseline"] = plain
+                    row["speedup_vs_plain"] = round(
+                        rate / trained[base, plain]["train_words_per_sec"], 3
+                    )
+                else:
+                    row["baseline_config"] = base
+                    row["speedup_vs_baseline_config"] = round(
+                        rate / trained[base, candidate]["train_words_per_sec"], 3
+                    )
+                row["eval_words_per_sec"] = evaluated[candidate]
+                if memory:
+                    row.update(measure_peak_memory(config, work, candidate, seed))
+                report["results"].append(row)
+                versus = (
+                    f"x{row['speedup_vs_plain']:.2f} plain"
+                    if name == base
+                    else f"x{row['speedup_vs_baseline_config']:.2f} {base}"
+                )
+                click.echo(
+                    f"  {candidate:16s} {rate:>10,.0f} words/s {versus}  "
+                    f"epoch {row['epoch_time_s_derived']:7.1f} s"
+                    f"  eval {row['eval_words_per_sec']:>9,.0f} words/s"
+                )
         if trajectory_steps:
-            check = check_trajectory(config, work, precisions, trajectory_steps, seed)
-            report["trajectory"][name] = check
+            check = check_trajectory(base_config, work, precisions, trajectory_steps, seed)
+            report["trajectory"][base] = check
             for candidate, value in check.items():
                 if isinstance(value, dict):
                     click.echo(

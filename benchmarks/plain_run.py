@@ -77,7 +77,7 @@ def train_plain(
     valid_data = batchify(corpus.splits["valid"], config.batch_size).to(device)
     steps = (train_data.size(1) - 1) // config.num_steps
     for epoch in range(state.epoch + 1, config.max_max_epoch + 1):
-        lr = learning_rate(config, epoch)
+        lr = learning_rate(config, epoch, state.history)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
@@ -220,6 +220,13 @@ def main(
         if config_name not in params.models:
             raise click.BadParameter(
                 f"{config_name!r} is not a config of {params_path}", param_hint="--config"
+            )
+        config = params.models[config_name]
+        if (config.cell, config.tie_weights, config.dropout) != ("lstm", False, "standard"):
+            raise click.BadParameter(
+                f"{config_name!r} is a variant (cell, tie_weights or dropout); the plain loop "
+                "is the 2014 model only",
+                param_hint="--config",
             )
         ours = read_ours(ours_dir, config_name) if ours_dir is not None else None
         plain = train_plain(config_name, params, device, precision, checkpoint)

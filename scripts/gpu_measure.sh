@@ -6,6 +6,11 @@
 #
 #   OUT=/tmp/gpu scripts/gpu_measure.sh          # check bench small medium large plain-small
 #   OUT=/tmp/gpu scripts/gpu_measure.sh large plain-large   # or any parts, in that order
+#   OUT=/tmp/gpu scripts/gpu_measure.sh check bench-variants medium-tied large-tied
+#
+# Every config of params.yaml is a part of its own (train + evaluate): the 2014 ones and the
+# variants (small-tied, small-gru, medium-tied, large-tied; ~5 min for large-tied on an H100).
+# bench-variants times the variants beside the 2014 model of their size (tf32, no scaling).
 #   PRECISION=fp32 DEADLINE_S=540 OUT=/tmp/gpu scripts/gpu_measure.sh small
 #
 #   OUT=/tmp/gpu scripts/gpu_measure.sh seeds-small seeds-medium   # 3 seeds each, mean ± sd
@@ -130,13 +135,21 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 --note "${BENCH_NOTE:-scripts/gpu_measure.sh}" \
                 --out "$RESULTS/benchmarks" 2>&1 | tee "$RESULTS/logs/bench.log"
             ;;
-        small | medium | large | test)
+        bench-variants)
+            timeout "$limit" "$PYTHON" benchmarks/bench.py --device cuda \
+                --configs small,small-tied,small-gru,medium,medium-tied,large,large-tied \
+                --precisions tf32 --no-scaling --trajectory-steps 0 \
+                --note "${BENCH_NOTE:-scripts/gpu_measure.sh bench-variants}" \
+                --out "$RESULTS/benchmarks-variants" 2>&1 | tee "$RESULTS/logs/bench-variants.log"
+            ;;
+        small | medium | large | test | small-tied | small-gru | medium-tied | large-tied \
+            | test-variants)
             train_evaluate "$1" "$GPU_PARAMS" "" \
                 && for d in metrics plots timings; do
                     mkdir -p "$RESULTS/$d" && cp -r "$d/$1" "$RESULTS/$d/"
                 done
             ;;
-        seeds-small | seeds-medium | seeds-large | seeds-test)
+        seeds-*)
             run_seeds "${1#seeds-}"
             ;;
         plain-small | plain-medium | plain-large | plain-test)
@@ -145,8 +158,8 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 --out "$RESULTS/plain" 2>&1 | tee "$RESULTS/logs/$1.log"
             ;;
         *)
-            echo "unknown part: $1 (check, bench, small, medium, large, test, plain-<config>," \
-                "seeds-<config>)" >&2
+            echo "unknown part: $1 (check, bench, bench-variants, a config of params.yaml," \
+                "plain-<config>, seeds-<config>)" >&2
             return 2
             ;;
     esac

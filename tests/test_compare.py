@@ -39,8 +39,27 @@ def test_deltas_to_the_paper_and_reference_rows(tmp_path: Path) -> None:
     assert small["Δtest vs paper (ppl)"] == pytest.approx(-1.0)
     assert pd.isna(table[table["run"] == "metrics/test"].iloc[0]["Δtest vs paper (ppl)"])
     # the published rows of the configs that were run, and only those
-    assert set(table.loc[table["config"] == "small", "run"]) == {"metrics/small", *REFERENCE}
+    published = {source for source, configs in REFERENCE.items() if "small" in configs}
+    assert published == {"paper (Zaremba et al. 2014)", "TF tutorial"}
+    assert set(table.loc[table["config"] == "small", "run"]) == {"metrics/small", *published}
     assert set(table["config"]) == {"small", "test"}
+
+
+def test_variants_are_shown_with_the_published_results_of_their_recipes(tmp_path: Path) -> None:
+    write_results(tmp_path, "large-tied", valid=74.0, test=71.0)
+    write_results(tmp_path, "small-gru", valid=125.0, test=119.5)
+    table = with_reference(from_metrics(tmp_path / "metrics", tmp_path / "timings"))
+    table = table.set_index(["config", "run"])
+    large = table.loc["large-tied"]
+    assert large.loc["pytorch/examples word_language_model --tied", "test"] == 72.30
+    assert large.loc["pytorch/examples word_language_model", "test"] == 77.42  # untied
+    assert large.loc["variational LSTM (Gal & Ghahramani 2016)", "test"] == 75.2
+    assert large.loc["paper (Zaremba et al. 2014)", "test"] == 78.4
+    # the deltas are against the 2014 model of the same size
+    assert large.loc["metrics/large-tied", "Δtest vs paper (ppl)"] == pytest.approx(71.0 - 78.4)
+    gru = table.loc["small-gru"]
+    assert set(gru.index) == {"metrics/small-gru", "paper (Zaremba et al. 2014)"}
+    assert gru.loc["metrics/small-gru", "Δtest vs paper (ppl)"] == pytest.approx(5.0)
 
 
 def test_command_writes_markdown_and_csv(tmp_path: Path, monkeypatch) -> None:

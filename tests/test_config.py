@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, run, tool_env
 
-from ptblm.config import ConfigError, load_params, parse_params
+from ptblm.config import ConfigError, ModelConfig, load_params, parse_params
 
 RAW = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+BASELINES = ("small", "medium", "large", "test")
+VARIANTS = ("small-tied", "small-gru", "medium-tied", "large-tied", "test-variants")
 
 
 def with_value(key: str, value: Any) -> dict:
@@ -33,7 +36,7 @@ def with_value(key: str, value: Any) -> dict:
 def test_project_params_match_the_reference_table() -> None:
     params = parse_params(copy.deepcopy(RAW))
     assert params.model == "small"
-    assert list(params.models) == ["small", "medium", "large", "test"]
+    assert list(params.models) == [*BASELINES, *VARIANTS]
     small, medium, large = (params.models[n] for n in ("small", "medium", "large"))
     assert (small.num_steps, small.hidden_size, small.keep_prob, small.max_max_epoch) == (
         20,
@@ -59,6 +62,48 @@ def test_project_params_match_the_reference_table() -> None:
     assert params.with_model("test").config is params.models["test"]
 
 
+def test_every_config_names_every_key() -> None:
+    """So `dvc exp run -S models.<config>.<key>=...` works for every key (a plain `-S`
+    refuses a key the file lacks); the 2014 configs name the 2014 model's switches, and a
+    params file from before the switches (no such keys) parses to the same configs."""
+    keys = {field.name for field in dataclasses.fields(ModelConfig)}
+    for name, raw in RAW["models"].items():
+        assert set(raw) == keys, name
+    params = parse_params(copy.deepcopy(RAW))
+    older = copy.deepcopy(RAW)
+    for name in BASELINES:
+        config = params.models[name]
+        assert (config.cell, config.tie_weights, config.dropout, config.lr_schedule) == (
+            "lstm",
+            False,
+            "standard",
+            "epoch",
+        )
+        for key in ("cell", "tie_weights", "dropout", "lr_schedule"):
+            del older["models"][name][key]
+    assert parse_params(older).models == params.models
+
+
+def test_variant_configs() -> None:
+    params = parse_params(copy.deepcopy(RAW))
+    small = params.models["small"]
+    tied, gru = params.models["small-tied"], params.models["small-gru"]
+    assert tied == dataclasses.replace(small, tie_weights=True)  # one change each
+    assert gru == dataclasses.replace(small, cell="gru")
+    for name, hidden, keep in (("medium-tied", 650, 0.5), ("large-tied", 1500, 0.35)):
+        config = params.models[name]
+        assert (config.hidden_size, config.keep_prob, config.max_max_epoch) == (hidden, keep, 40)
+        assert (config.tie_weights, config.dropout, config.lr_schedule) == (
+            True,
+            "variational",
+            "plateau",
+        )
+        # pytorch/examples' lr 20 and clip 0.25 on the mean loss, for our sum over 35 steps
+        assert config.learning_rate * config.num_steps == pytest.approx(20)
+        assert config.max_grad_norm / config.num_steps == pytest.approx(0.25)
+        assert config.lr_decay == 0.25 and config.max_epoch == 0
+
+
 BAD = [
     ("model", "huge", ["model = 'huge'", "small, medium, large, test"]),
     ("models.small.keep_prob", 0.0, ["models.small.keep_prob = 0.0", "in (0, 1]"]),
@@ -76,7 +121,17 @@ BAD = [
     ("models.small.num_layers", True, ["models.small.num_layers", "whole number"]),
     ("models.small.hidden_size", "200", ["models.small.hidden_size = '200'", "whole number"]),
     ("models.small.max_grad_norm", "5", ["models.small.max_grad_norm", "must be a number"]),
-    ("models.small.dropout", 0.5, ["models.small.dropout is not a known key", "keep_prob"]),
+    (
+        "models.small.dropout_rate",
+        0.5,
+        ["models.small.dropout_rate is not a known key", "keep_prob"],
+    ),
+    ("models.small.cell", "rnn", ["models.small.cell = 'rnn'", "lstm, gru"]),
+    ("models.small.dropout", 0.5, ["models.small.dropout = 0.5", "must be a string"]),
+    ("models.small.dropout", "zoneout", ["models.small.dropout", "standard, variational"]),
+    ("models.small.tie_weights", "yes", ["models.small.tie_weights", "true or false"]),
+    ("models.small.lr_schedule", "cosine", ["models.small.lr_schedule", "epoch, plateau"]),
+    ("models.large-tied.lr_decay", 1.0, ["models.large-tied.lr_decay = 1.0", "< 1 with"]),
     ("models.small.vocab_size", ..., ["models.small.vocab_size is missing"]),
     ("models.small", [1, 2], ["models.small must be a mapping"]),
     ("models", {}, ["models must map config names"]),
@@ -192,7 +247,7 @@ def test_cli_unknown_model_option(tmp_path: Path) -> None:
     result = run_stage("evaluate", tmp_path, "--params", str(params), "--model", "xl")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "Error: params: model = 'xl' is not allowed; choose one of: small, medium, large, test"
+        f"Error: params: model = 'xl' is not allowed; choose one of: {', '.join(RAW['models'])}"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 

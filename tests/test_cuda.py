@@ -61,10 +61,23 @@ def costs_of(cuda_graph: bool, batches, config: ModelConfig = CONFIG) -> tuple[l
     return [c.item() for c in costs], {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_graph_replay_trains_like_eager_steps():
-    batches = windows(12)
-    eager, eager_weights = costs_of(False, batches)
-    graphed, graphed_weights = costs_of(True, batches)
+# The 2014 LSTM, a GRU, and every switch on (tied weights, variational dropout's layer-by-layer
+# stack): each through the captured step.
+VARIANTS = {
+    "lstm": CONFIG,
+    "gru": dataclasses.replace(CONFIG, cell="gru"),
+    "gru-tied-variational": dataclasses.replace(
+        CONFIG, cell="gru", tie_weights=True, dropout="variational"
+    ),
+    "lstm-tied-variational": dataclasses.replace(CONFIG, tie_weights=True, dropout="variational"),
+}
+
+
+@pytest.mark.parametrize("config", VARIANTS.values(), ids=VARIANTS.keys())
+def test_graph_replay_trains_like_eager_steps(config):
+    batches = windows(12, config)
+    eager, eager_weights = costs_of(False, batches, config)
+    graphed, graphed_weights = costs_of(True, batches, config)
     assert graphed[: TrainStep.EAGER_STEPS] == eager[: TrainStep.EAGER_STEPS]
     # the same kernels in the same order: equal to float32 rounding, amplified a little by lr
     torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-4, atol=0)
@@ -95,11 +108,13 @@ def test_graph_follows_set_lr_and_reset_state():
     assert step(x, y).item() != first  # carried state: another cost
 
 
-def test_dropout_masks_change_between_replays():
-    """cuDNN's between-layer dropout and torch's dropout both draw new masks per replay."""
-    for cudnn_only in (True, False):
+@pytest.mark.parametrize("dropout", ["standard", "variational"])
+def test_dropout_masks_change_between_replays(dropout):
+    """cuDNN's between-layer dropout, torch's dropout and the variational masks all draw new
+    masks per replay."""
+    for cudnn_only in (True, False) if dropout == "standard" else (False,):
         torch.manual_seed(0)
-        model = PTBModel(dataclasses.replace(CONFIG, keep_prob=0.5)).to(DEVICE)
+        model = PTBModel(dataclasses.replace(CONFIG, keep_prob=0.5, dropout=dropout)).to(DEVICE)
         if cudnn_only:
             model.dropout.p = 0.0  # only nn.LSTM's (cuDNN's) dropout between the layers
         step = TrainStep(model, "fp32")

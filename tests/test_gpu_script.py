@@ -68,10 +68,20 @@ def test_gpu_script_trains_ours_then_the_plain_loop_and_compares(tmp_path):
     write_corpus(repo, train_tokens=20_000)  # data/prepared: seconds of `test`, not minutes
 
     out = tmp_path / "out"
-    done = gpu_script(repo, out, "test", "plain-test", "seeds-test", PRECISION="fp32", SEEDS="1 2")
+    done = gpu_script(
+        repo,
+        out,
+        "test",
+        "plain-test",
+        "seeds-test",
+        "test-variants",
+        PRECISION="fp32",
+        SEEDS="1 2",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     files = members(out / "results.tar.gz")
     assert "results/metrics/test/eval.json" in files
+    assert "results/metrics/test-variants/eval.json" in files  # a variant config is a part too
     report = json.loads(files["results/plain/plain-test.json"])
     assert report["plain"]["precision"] == "fp32"
     assert report["comparison"]["within_tolerance"] is True  # no dropout in `test`

@@ -61,6 +61,53 @@ def test_exp_show_lists_config_hyperparameters_and_perplexities(trained):
     assert "test_perplexity" in table and "models.test.hidden_size" in table
 
 
+def test_variant_switches_set_with_exp_run_train_and_evaluate(trained):
+    """GRU, tied weights and variational dropout switched on from the command line with a
+    plain `-S` (every config names every key): train and evaluate rerun, the data stages
+    do not."""
+    repo, env, _ = trained
+    switches = [
+        "model=test",
+        "models.test.cell=gru",
+        "models.test.tie_weights=true",
+        "models.test.dropout=variational",
+        "models.test.keep_prob=0.5",  # so the variational masks do something
+        "models.test.num_layers=2",  # and one sits between layers
+        "models.test.num_steps=35",  # 17x fewer windows than test's 2: seconds, not a minute
+        "tracking.enabled=false",
+    ]
+    result = dvc(repo, "exp", "run", *(a for s in switches for a in ("-S", s)), env=env)
+    assert "Running stage 'train'" in result.stdout
+    assert "Running stage 'evaluate'" in result.stdout
+    assert "Running stage 'prepare'" not in result.stdout
+    saved = torch.load(repo / "models" / "test" / "model.pt", weights_only=True)
+    assert {k: saved["config"][k] for k in ("cell", "tie_weights", "dropout", "num_layers")} == {
+        "cell": "gru",
+        "tie_weights": True,
+        "dropout": "variational",
+        "num_layers": 2,
+    }
+    assert "embedding.weight" not in saved["state_dict"]  # tied: the softmax's, stored once
+    assert "gru.1.weight_hh_l0" in saved["state_dict"]  # variational: one GRU per layer
+    evaluation = json.loads((repo / "metrics" / "test" / "eval.json").read_text())
+    assert 200 < evaluation["test_perplexity"] < 3000
+    assert "up to date" in dvc(repo, "status", env=env).stdout
+
+
+def test_config_names_with_a_dash_resolve_in_the_stages(trained):
+    """`models.${model}` and the output paths take variant names like test-variants."""
+    repo, env, _ = trained
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"] = "test-variants"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = dvc(repo, "status", env=env).stdout
+    assert "models.test-variants" in status, status
+    stages = dvc(repo, "stage", "list", env=env).stdout
+    assert "models/test-variants/model.pt" in stages and "metrics/test-variants/eval.json" in stages
+    params["model"] = "test"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def test_only_the_selected_configs_params_are_tracked(trained):
     repo, env, _ = trained
     assert "up to date" in dvc(repo, "status", env=env).stdout

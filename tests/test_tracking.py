@@ -117,6 +117,8 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
     for key in ("init_scale", "num_steps", "hidden_size", "keep_prob", "lr_decay", "max_epoch"):
         assert key in params
     assert params["config"] == "test" and params["num_steps"] == "2"
+    variant = (params["cell"], params["tie_weights"], params["dropout"], params["lr_schedule"])
+    assert variant == ("lstm", "False", "standard", "epoch")  # the variant keys' defaults
     assert {"train.seed", "train.device", "train.precision", "evaluate.batch_size"} <= set(params)
 
     tags = found.data.tags

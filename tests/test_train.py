@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -192,13 +193,43 @@ def test_model_file_for_other_config_or_vocab_is_refused(corpus, tmp_path):
     loaded = load_model(path, "tiny", result.model.config, corpus)
     for a, b in zip(loaded.state_dict().values(), result.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(TrainingError, match="trained with config 'tiny'"):
-        load_model(path, "tiny", dataclasses.replace(TINY, hidden_size=12), corpus)
-    with pytest.raises(TrainingError, match="trained with config 'tiny'"):
+    with pytest.raises(TrainingError, match=r"'tiny': hidden_size=16 \(selected: 12\);"):
+        load_model(path, "tiny", dataclasses.replace(result.model.config, hidden_size=12), corpus)
+    with pytest.raises(TrainingError, match=r"config 'tiny' \(selected: 'other'\);"):
         load_model(path, "other", result.model.config, corpus)
     other_vocab = dataclasses.replace(corpus, vocab=[*corpus.vocab[:-1], "zzz"])
     with pytest.raises(TrainingError, match="another vocabulary"):
         load_model(path, "tiny", result.model.config, other_vocab)
+
+
+def test_model_file_of_a_variant_loads_in_evaluate_and_another_variant_is_refused(tmp_path):
+    """A tied GRU's model file through the real `evaluate` command: scored when the params
+    match it, refused in one line naming the difference when they do not."""
+    root = _project(tmp_path, epochs=1, cell="gru", tie_weights=True, dropout="variational")
+    corpus = load_corpus(root / "data" / "prepared")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    config = ModelConfig(**params["models"]["tiny"])
+    torch.manual_seed(0)
+    trained = train("tiny", config, TrainParams(device="cpu"), corpus, tmp_path / "c.pt")
+    save_model(root / "models" / "tiny" / "model.pt", trained.model, "tiny", corpus)
+    saved = torch.load(root / "models" / "tiny" / "model.pt", weights_only=True)["state_dict"]
+    assert "embedding.weight" not in saved and "gru.0.weight_ih_l0" in saved  # tied: one entry
+
+    evaluate = [sys.executable, str(PROJECT_ROOT / "stages" / "evaluate.py")]
+    run = functools.partial(subprocess.run, cwd=root, env=tool_env(), capture_output=True)
+    scored = run(evaluate, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads((root / "metrics" / "tiny" / "eval.json").read_text())["test_perplexity"] < 40
+
+    params["models"]["tiny"].update(cell="lstm", tie_weights=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    refused = run(evaluate, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"Error: {Path('models/tiny/model.pt')}: trained with another config than the selected "
+        "'tiny': cell='gru' (selected: 'lstm'), tie_weights=True (selected: False); "
+        "train this config first (dvc repro)"
+    ]
 
 
 class Exploit:
@@ -218,9 +249,9 @@ def test_loading_never_unpickles_arbitrary_objects(corpus, tmp_path, monkeypatch
 # --- the real thing: a training process killed with SIGKILL, then run again -------------
 
 
-def _project(root: Path, epochs: int) -> Path:
+def _project(root: Path, epochs: int, **changes) -> Path:
     write_corpus(root, train_tokens=20_000)
-    config = dataclasses.asdict(dataclasses.replace(TINY, max_max_epoch=epochs))
+    config = dataclasses.asdict(dataclasses.replace(TINY, max_max_epoch=epochs, **changes))
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params.update(model="tiny", models={"tiny": config})
     params["train"].update(device="cpu", num_threads=1)

@@ -1,4 +1,5 @@
-"""`ptblm compare`: runs side by side with the paper's and the tutorial's perplexities.
+"""`ptblm compare`: runs side by side with published perplexities: the paper's and the
+tutorial's, and for the variants pytorch/examples' and Gal & Ghahramani's.
 
 Rows come from the MLflow store (every tracked run) or from metrics/ (the committed
 results of each config); both give the same columns, so the report reads the same.
@@ -17,18 +18,44 @@ import pandas as pd
 from .errors import PtblmError
 from .tracking import AUX, sqlite_path
 
-# The one place the published numbers live: Zaremba et al. (2014), Table 1, and the
-# TensorFlow ptb_word_lm.py tutorial's reported results (train / valid / test).
+# The one place the published numbers live: source -> our config -> its perplexities
+# (train / valid / test). A config's rows are the published numbers it is measured against:
+# a variant gets the 2014 model of its size (the paper's deltas are against it) and the
+# published results of the recipe it follows (reference.md, "Beyond the baseline").
+_ZAREMBA = {
+    "small": {"valid": 120.7, "test": 114.5},
+    "medium": {"valid": 86.2, "test": 82.7},
+    "large": {"valid": 82.2, "test": 78.4},
+}
 REFERENCE: dict[str, dict[str, dict[str, float]]] = {
+    # Zaremba et al. (2014), Table 1
     "paper (Zaremba et al. 2014)": {
-        "small": {"valid": 120.7, "test": 114.5},
-        "medium": {"valid": 86.2, "test": 82.7},
-        "large": {"valid": 82.2, "test": 78.4},
+        **_ZAREMBA,
+        "small-tied": _ZAREMBA["small"],
+        "small-gru": _ZAREMBA["small"],
+        "medium-tied": _ZAREMBA["medium"],
+        "large-tied": _ZAREMBA["large"],
     },
+    # the TensorFlow ptb_word_lm.py tutorial's reported results
     "TF tutorial": {
         "small": {"train": 36.9, "valid": 122.3, "test": 116.7},
         "medium": {"train": 48.45, "valid": 86.16, "test": 82.07},
         "large": {"train": 37.87, "valid": 82.62, "test": 78.29},
+    },
+    # pytorch/examples word_language_model README (older versions): 2-layer LSTM, 650 units
+    # dropout 0.5 / 1500 units dropout 0.65, 40 epochs, lr 20 / 4 on plateau, clip 0.25
+    "pytorch/examples word_language_model": {
+        "medium-tied": {"test": 80.97},
+        "large-tied": {"test": 77.42},
+    },
+    "pytorch/examples word_language_model --tied": {
+        "medium-tied": {"test": 75.96},
+        "large-tied": {"test": 72.30},
+    },
+    # Gal & Ghahramani (2016), Table 1: variational LSTM (untied embeddings), medium / large
+    "variational LSTM (Gal & Ghahramani 2016)": {
+        "medium-tied": {"valid": 81.9, "test": 79.7},
+        "large-tied": {"valid": 77.9, "test": 75.2},
     },
 }
 PAPER = "paper (Zaremba et al. 2014)"

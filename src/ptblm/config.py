@@ -20,6 +20,9 @@ DEFAULT_PARAMS = Path("params.yaml")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
 UNREACHABLE_POLICIES = ("fail", "continue")
+CELLS = ("lstm", "gru")
+DROPOUTS = ("standard", "variational")
+LR_SCHEDULES = ("epoch", "plateau")
 
 
 class ConfigError(PtblmError):
@@ -28,7 +31,12 @@ class ConfigError(PtblmError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One row of the Zaremba et al. config table (reference.md, 'Configs')."""
+    """One row of the Zaremba et al. config table (reference.md, 'Configs'), plus the
+    variants beyond it (reference.md, 'Beyond the baseline').
+
+    The variant keys default to the 2014 model, so a model file written before they
+    existed (it lacks them) still loads as the model it is.
+    """
 
     init_scale: float
     learning_rate: float
@@ -42,6 +50,10 @@ class ModelConfig:
     lr_decay: float
     batch_size: int
     vocab_size: int
+    cell: str = "lstm"  # lstm | gru
+    tie_weights: bool = False  # the softmax weight is the embedding's transpose (one tensor)
+    dropout: str = "standard"  # standard (per element) | variational (one mask per sequence)
+    lr_schedule: str = "epoch"  # epoch (the tutorial's) | plateau (pytorch/examples')
 
     def check(self, where: str) -> None:
         for name in ("num_layers", "num_steps", "hidden_size", "batch_size", "vocab_size"):
@@ -51,6 +63,12 @@ class ModelConfig:
         for name in ("init_scale", "learning_rate", "max_grad_norm", "lr_decay"):
             _require(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "> 0")
         _require(0 < self.keep_prob <= 1, f"{where}.keep_prob", self.keep_prob, "in (0, 1]")
+        _require_choice(self.cell, f"{where}.cell", CELLS)
+        _require_choice(self.dropout, f"{where}.dropout", DROPOUTS)
+        _require_choice(self.lr_schedule, f"{where}.lr_schedule", LR_SCHEDULES)
+        if self.lr_schedule == "plateau":
+            allowed = "< 1 with lr_schedule plateau"
+            _require(self.lr_decay < 1, f"{where}.lr_decay", self.lr_decay, allowed)
 
 
 @dataclass(frozen=True)

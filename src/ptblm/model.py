@@ -1,4 +1,6 @@
-"""The Zaremba et al. (2014) LSTM language model (TF tutorial `PTBModel`), in PyTorch."""
+"""The Zaremba et al. (2014) LSTM language model (TF tutorial `PTBModel`), in PyTorch,
+with the variants of reference.md's "Beyond the baseline": GRU cells, tied weights and
+variational dropout, each a `ModelConfig` switch."""
 
 from __future__ import annotations
 
@@ -10,51 +12,82 @@ from torch.autograd.function import once_differentiable
 
 from .config import ModelConfig
 
-State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [num_layers, batch, hidden]
+# The recurrent state, each tensor [num_layers, batch, hidden]: (h, c) for an LSTM, (h,) for
+# a GRU. Everything that carries, zeroes or detaches it treats it as a tuple of any length.
+State = tuple[torch.Tensor, ...]
 
 
 class PTBModel(nn.Module):
-    """Embedding -> dropout -> stacked LSTM (dropout after every layer) -> softmax layer.
+    """Embedding -> dropout -> stacked LSTM or GRU (dropout after every layer) -> softmax layer.
 
     `nn.LSTM` computes the same function family as TF's BasicLSTMCell(forget_bias=0):
     two bias vectors instead of one and another gate order, both zero-initialised
     so the sum starts at TF's zeros. Dropout sits on the embedding output, between
-    layers (nn.LSTM's `dropout`) and on the last layer's output; none is recurrent.
+    layers and on the last layer's output; none is recurrent. Standard dropout is
+    per element (between layers nn.LSTM's own, so cuDNN runs all layers in one call);
+    variational dropout draws one mask per sequence per call (`LockedDropout`), which
+    nn.LSTM cannot put between its layers: the layers then run one call each.
+    With `tie_weights` the embedding is the softmax weight, transposed: one tensor (see
+    `embed`).
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         drop = 1.0 - config.keep_prob
-        self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.dropout = nn.Dropout(drop)
-        self.lstm = nn.LSTM(
-            config.hidden_size,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            dropout=drop if config.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
+        rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
+        # construction order = the RNG draws of the default init: keep it as it was
+        if not config.tie_weights:
+            self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        size = config.hidden_size
+        if config.dropout == "variational":
+            self.dropout = LockedDropout(drop)
+            layers = [rnn_class(size, size, batch_first=True) for _ in range(config.num_layers)]
+            rnn = nn.ModuleList(layers)
+        else:
+            self.dropout = nn.Dropout(drop)
+            between = drop if config.num_layers > 1 else 0.0
+            rnn = rnn_class(size, size, config.num_layers, dropout=between, batch_first=True)
+        self.add_module(config.cell, rnn)  # named `lstm` or `gru` in the state dict
         self.softmax = Softmax(config.hidden_size, config.vocab_size)
         self.reset_parameters()
 
+    @property
+    def rnn(self) -> nn.Module:
+        """The recurrent layers: one nn.LSTM/nn.GRU, or (variational) a list of one-layer ones."""
+        return self._modules[self.config.cell]
+
     def reset_parameters(self) -> None:
-        """Every weight uniform in [-init_scale, init_scale]; LSTM biases zero (as TF)."""
+        """Every weight uniform in [-init_scale, init_scale]; LSTM/GRU biases zero (as TF)."""
         scale = self.config.init_scale
         for name, param in self.named_parameters():
-            if name.startswith("lstm.bias"):
+            if name.startswith(self.config.cell) and name.rsplit(".", 1)[1].startswith("bias"):
                 nn.init.zeros_(param)
             else:
                 nn.init.uniform_(param, -scale, scale)
 
     def zero_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
-        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        count = 2 if self.config.cell == "lstm" else 1
+        return tuple(torch.zeros(shape, device=device) for _ in range(count))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Word vectors [batch, steps, hidden] for ids `x` [batch, steps].
+
+        Tied (Press & Wolf 2017, Inan et al. 2017), the embedding is the transpose of the
+        softmax weight [hidden, vocab]: its columns. Read with index_select on that tensor,
+        the embedding's gradient comes in the same [hidden, vocab] layout as the softmax's,
+        so autograd sums the two in one plain pass, and the softmax keeps TF's fast layout.
+        """
+        if not self.config.tie_weights:
+            return self.embedding(x)
+        columns = self.softmax.weight.index_select(1, x.flatten())  # [hidden, batch * steps]
+        return columns.t().unflatten(0, x.shape)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Logits [batch, steps, vocab] for ids `x` [batch, steps], and the next state."""
-        hidden, state = self.lstm(self.dropout(self.embedding(x)), state)
-        return self.softmax(self.dropout(hidden)), state
+        hidden, state = self.features(x, state)
+        return self.softmax(hidden), state
 
     def cost(self, x: torch.Tensor, y: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """TF's cost: the sum over time steps of the mean-over-batch cross entropy.
@@ -62,10 +95,51 @@ class PTBModel(nn.Module):
         Its gradient is the one the tutorial's learning rate is tuned for; a plain
         mean would make the effective learning rate num_steps times smaller.
         """
-        hidden, state = self.lstm(self.dropout(self.embedding(x)), state)
-        hidden = self.dropout(hidden).flatten(0, 1)
+        hidden, state = self.features(x, state)
+        hidden = hidden.flatten(0, 1)
         loss = LinearCrossEntropy.apply(hidden, self.softmax.weight, self.softmax.bias, y.flatten())
         return loss / x.size(0), state
+
+    def features(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The softmax layer's input [batch, steps, hidden], dropout applied; the next state."""
+        inputs = self.dropout(self.embed(x))
+        if not isinstance(self.rnn, nn.ModuleList):
+            hidden, state = _run(self.rnn, inputs, state)
+            return self.dropout(hidden), state
+        layer_states = []
+        for i, layer in enumerate(self.rnn):
+            inputs, layer_state = _run(layer, inputs, tuple(s[i : i + 1] for s in state))
+            inputs = self.dropout(inputs)  # a new mask between layers, and on the last output
+            layer_states.append(layer_state)
+        return inputs, tuple(torch.cat(parts) for parts in zip(*layer_states, strict=True))
+
+
+def _run(rnn: nn.Module, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    """nn.LSTM takes and returns (h, c); nn.GRU a bare h: both as a `State` tuple here."""
+    if len(state) == 2:
+        return rnn(inputs, state)
+    hidden, h = rnn(inputs, state[0])
+    return hidden, (h,)
+
+
+class LockedDropout(nn.Module):
+    """Variational dropout (Gal & Ghahramani 2016) without the recurrent mask, "locked" as
+    in AWD-LSTM: one mask per sequence (batch row) per call, i.e. per training window,
+    the same at every time step; off in evaluation. x: [batch, steps, features]."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(keep).div_(keep)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class Softmax(nn.Module):
@@ -74,7 +148,7 @@ class Softmax(nn.Module):
     TF's layout rather than nn.Linear's [vocab, hidden]: with it, all three products
     of a training step (the logits, the hidden and the weight gradients) reach
     oneDNN in the layouts it multiplies fastest (see `matmul`). On CPU they are
-    about three quarters of a small-config step.
+    about three quarters of a small-config step. Tied, its weight is the embedding too.
     """
 
     def __init__(self, hidden_size: int, vocab_size: int):
@@ -162,4 +236,4 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 def detach(state: State) -> State:
     """Truncated BPTT: keep the values, cut the graph between batches."""
-    return state[0].detach(), state[1].detach()
+    return tuple(s.detach() for s in state)

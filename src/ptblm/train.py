@@ -13,8 +13,8 @@ import math
 import pickle
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,22 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-def learning_rate(config: ModelConfig, epoch: int) -> float:
-    """Epoch is 1-based: lr = learning_rate * lr_decay ** max(epoch - max_epoch, 0)."""
-    return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
+def learning_rate(config: ModelConfig, epoch: int, history: Sequence[dict] = ()) -> float:
+    """The learning rate of `epoch` (1-based), given the records of the epochs before it.
+
+    lr_schedule epoch (the tutorial's): learning_rate * lr_decay ** max(epoch - max_epoch, 0).
+    lr_schedule plateau (pytorch/examples word_language_model): multiplied by lr_decay after
+    every epoch from max_epoch on whose validation perplexity is no better than the best
+    before it. A function of the history alone, so a resumed run gets the same rates.
+    """
+    if config.lr_schedule == "epoch":
+        return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
+    lr, best = config.learning_rate, math.inf
+    for record in history[: epoch - 1]:
+        if record["epoch"] >= config.max_epoch and record["valid_perplexity"] >= best:
+            lr *= config.lr_decay
+        best = min(best, record["valid_perplexity"])
+    return lr
 
 
 def clip_by_global_norm(
@@ -481,14 +494,29 @@ def load_model(path: Path, config_name: str, config: ModelConfig, corpus: Corpus
             f"{path}: trained on another vocabulary than data/prepared; "
             "re-run prepare and train together (dvc repro)"
         )
-    if payload["config_name"] != config_name or payload["config"] != asdict(config):
+    differs = _config_differences(payload["config"], config)
+    if payload["config_name"] != config_name:
+        differs.insert(0, f"config {payload['config_name']!r} (selected: {config_name!r})")
+    if differs:
         raise TrainingError(
-            f"{path}: trained with config {payload['config_name']!r} and other hyperparameters "
-            f"than the selected {config_name!r}; train this config first (dvc repro)"
+            f"{path}: trained with another config than the selected {config_name!r}: "
+            f"{', '.join(differs)}; train this config first (dvc repro)"
         )
     model = PTBModel(config)
     model.load_state_dict(payload["state_dict"])
     return model
+
+
+def _config_differences(saved: dict, config: ModelConfig) -> list[str]:
+    """`key=saved (selected: value)` for each hyperparameter a model file differs in. Keys
+    the file lacks (written before they existed) count as their defaults."""
+    defaults = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}
+    saved = {**defaults, **saved}
+    return [
+        f"{key}={saved.get(key)!r} (selected: {value!r})"
+        for key, value in asdict(config).items()
+        if saved.get(key) != value
+    ]
 
 
 # --- the main loop ----------------------------------------------------------------------
@@ -560,7 +588,7 @@ def train(
         disable=None,
     )
     for epoch in epochs:
-        lr = learning_rate(config, epoch)
+        lr = learning_rate(config, epoch, state.history)
         step.set_lr(lr)
         trained = run_epoch(
             model,
