@@ -79,3 +79,30 @@ def test_imports_inside_functions_count_type_checking_ones_do_not(tmp_path):
     (package / "d.py").write_text("X = 1\n")  # only imported for type checking
     (package / "c.py").write_text("")
     assert code_version(package / "sub" / "entry.py", package) == before
+
+
+def test_lazy_exports_count_only_where_their_name_is_imported(tmp_path):
+    """A package `__getattr__` (PEP 562) runs its imports only when a name is asked for:
+    importing a sibling module must not pull them in (the fetch stage would otherwise
+    re-download after any model change); `from ptblm import heavy_thing` must."""
+    package = tmp_path / "ptblm"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "def __getattr__(name):\n    from .heavy import heavy_thing\n    return heavy_thing\n"
+    )
+    (package / "heavy.py").write_text("heavy_thing = 1\n")
+    (package / "light.py").write_text("from .tiny import x\n")
+    (package / "tiny.py").write_text("x = 1\n")
+    (package / "user.py").write_text("from ptblm import heavy_thing\n")
+
+    def names(entry: str) -> set[str]:
+        return {p.relative_to(package).as_posix() for p in code_files(package / entry, package)}
+
+    assert names("light.py") == {"__init__.py", "light.py", "tiny.py"}
+    assert names("user.py") == {"__init__.py", "user.py", "heavy.py"}
+
+
+def test_fetch_does_not_depend_on_the_model():
+    deps = stage_deps.derived_code_deps(PROJECT_ROOT, "stages/fetch.py")
+    assert "src/ptblm/fetch.py" in deps
+    assert not {"src/ptblm/model.py", "src/ptblm/api.py", "src/ptblm/train.py"} & set(deps)

@@ -4,7 +4,12 @@ dvc.yaml lists each stage's code deps (`scripts/stage_deps.py` writes them from 
 test fails when they drift), and a training checkpoint records the hash of the same files,
 so a run is resumed only by the code that started it. Imports are read from the source
 (`ast`), lazy ones inside functions included, `if TYPE_CHECKING:` blocks excluded: a module
-a command may import is a module it runs.
+a command may import is a module it runs. One exception: the imports in a package's
+module-level `__getattr__` (PEP 562 lazy exports, e.g. `ptblm.load_model`) run only when
+a name is asked for, so they count only for files that import a name from that package
+which is not a module of it (`from ptblm import load_model`). Without it, `import
+ptblm.commands.fetch` would seem to run the whole package and the fetch stage would
+download the archive again after any change to the model.
 """
 
 from __future__ import annotations
@@ -42,14 +47,20 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _imported_modules(path: Path, package_dir: Path) -> set[str]:
+def _is_lazy_exports(node: ast.AST) -> bool:
+    return isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+
+
+def _imported_modules(path: Path, package_dir: Path, lazy: bool = False) -> set[str]:
     """Absolute names of every module `path` imports (and of the modules `from x import y`
-    may mean: x, and x.y when y is a submodule)."""
+    may mean: x, and x.y when y is a submodule). `lazy`: only those of its module-level
+    `__getattr__` instead."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     in_package = path.resolve().is_relative_to(package_dir)
     own = _module_name(path.resolve(), package_dir) if in_package else ""
     is_package = path.name == "__init__.py"
     found: set[str] = {own} if own else set()  # importing a module runs its packages' inits
+    roots = [node for node in tree.body if _is_lazy_exports(node) == lazy]
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
@@ -70,7 +81,8 @@ def _imported_modules(path: Path, package_dir: Path) -> set[str]:
         for child in ast.iter_child_nodes(node):
             visit(child)
 
-    visit(tree)
+    for root in roots:
+        visit(root)
     return found
 
 
@@ -78,20 +90,23 @@ def code_files(entry: Path, package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """`entry` and every package file it imports, directly or not, with the `__init__.py` of
     each package on the way (importing a.b runs a/__init__.py); sorted."""
     package_dir = package_dir.resolve()
-    seen: set[Path] = set()
-    todo = [Path(entry).resolve()]
+    seen: set[tuple[Path, bool]] = set()  # (file, read for its lazy exports only)
+    todo = [(Path(entry).resolve(), False)]
     while todo:
-        path = todo.pop()
-        if path in seen:
+        path, lazy = todo.pop()
+        if (path, lazy) in seen:
             continue
-        seen.add(path)
-        for module in _imported_modules(path, package_dir):
+        seen.add((path, lazy))
+        for module in _imported_modules(path, package_dir, lazy):
             parts = module.split(".")
             for depth in range(1, len(parts) + 1):
                 found = _module_file(".".join(parts[:depth]), package_dir)
-                if found is not None and found not in seen:
-                    todo.append(found)
-    return sorted(seen)
+                if found is not None:
+                    todo.append((found, False))
+            parent = _module_file(".".join(parts[:-1]), package_dir)
+            if parent is not None and _module_file(module, package_dir) is None:
+                todo.append((parent, True))  # `from package import name`: maybe a lazy export
+    return sorted({path for path, _ in seen})
 
 
 def code_version(entry: Path, package_dir: Path = PACKAGE_DIR) -> str:
