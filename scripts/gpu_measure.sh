@@ -95,25 +95,8 @@ run_seeds() {  # run_seeds CONFIG: every seed in $SEEDS, then n / mean / sd in s
                 "timings/$1/speed.json" "plots/$1/history.csv" "$kept/" \
             || return 1
     done
-    "$PYTHON" - "$RESULTS/seeds" "$1" <<'EOF'
-import json, statistics, sys
-from pathlib import Path
-folder, config = Path(sys.argv[1]), sys.argv[2]
-runs = {}
-for run in sorted(folder.glob(f"{config}-seed*")):
-    train = json.loads((run / "train.json").read_text())
-    test = json.loads((run / "eval.json").read_text())["test_perplexity"]
-    seed = run.name.rsplit("seed", 1)[1]
-    runs[seed] = {"train": train["train_perplexity"], "valid": train["valid_perplexity"], "test": test}
-summary = {"config": config, "n": len(runs), "seeds": runs}
-for split in ("train", "valid", "test"):
-    values = [r[split] for r in runs.values()]
-    sd = statistics.stdev(values) if len(values) > 1 else None
-    summary[split] = {"mean": statistics.mean(values), "sd": sd}
-(folder / f"{config}.json").write_text(json.dumps(summary, indent=1) + "\n")
-shown = [f"{s} {summary[s]['mean']:.2f} ± {summary[s]['sd'] or 0:.2f}" for s in ("train", "valid", "test")]
-print(f"{config}: n={len(runs)}  " + "  ".join(shown))
-EOF
+    "$PYTHON" -m ptblm.cli seeds --config "$1" --output "$RESULTS/seeds/$1.json" \
+        "$RESULTS/seeds/$1"-seed* 2>&1 | tee "$RESULTS/logs/seeds-$1.log"
 }
 
 run_part() {  # every step chained with &&: `if` switches set -e off inside its condition

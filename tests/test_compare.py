@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import statistics
 from pathlib import Path
 
@@ -168,3 +169,51 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
     )
     assert "| mean of 3 runs " in markdown.output and "| 1,2,3 " in markdown.output
     assert "Δtest vs paper (ppl)" in markdown.output and "Δtest vs paper (%)" in markdown.output
+
+
+def write_run(folder: Path, valid: float, test: float) -> None:
+    """One kept run: the train.json and eval.json a run writes under metrics/<config>/."""
+    write_json(folder / "train.json", {"train_perplexity": 40.0, "valid_perplexity": valid})
+    write_json(folder / "eval.json", {"test_perplexity": test})
+
+
+def test_seeds_command_summarizes_run_folders_and_compare_shows_it(tmp_path: Path, monkeypatch):
+    """`ptblm seeds` over three kept runs writes metrics/<config>/seeds.json (n, mean, sd);
+    `compare --source metrics` shows it as a row, and `--plot` draws it with an error bar."""
+    tests = {"1": 113.0, "2": 112.0, "3": 115.5}
+    for seed, test in tests.items():
+        write_run(tmp_path / f"small-seed{seed}", valid=120.0 + int(seed), test=test)
+    write_run(tmp_path / "run-a", valid=120.0, test=113.0)
+    write_results(tmp_path, "small", valid=121.0, test=113.0)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["seeds", "--config", "small", "small-seed1", "run-a"])
+    assert result.exit_code == 1 and "run-a: not named <config>-seed<N>" in result.output
+    assert not (tmp_path / "metrics" / "small" / "seeds.json").exists()
+    result = runner.invoke(main, ["seeds", "--config", "small", *(f"small-seed{s}" for s in tests)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "metrics" / "small" / "seeds.json").read_text())
+    assert summary["n"] == 3 and list(summary["seeds"]) == ["1", "2", "3"]
+    assert summary["test"]["mean"] == pytest.approx(statistics.mean(tests.values()))
+    assert summary["test"]["sd"] == pytest.approx(statistics.stdev(tests.values()))
+    assert "small: n=3  test 113.50 ± 1.80" in result.output
+
+    args = ["compare", "--params", str(PARAMS), "--source", "metrics", "--format", "csv"]
+    result = runner.invoke(main, [*args, "--plot", "compare.png"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output)).set_index("run")
+    row = table.loc["metrics/small/seeds.json: mean of 3 seeds"]
+    assert row["n"] == 3 and row["sd test"] == pytest.approx(statistics.stdev(tests.values()))
+    assert (tmp_path / "compare.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_seeds_command_names_a_run_that_was_not_evaluated(tmp_path: Path) -> None:
+    folder = tmp_path / "small-seed1"
+    write_run(folder, valid=121.0, test=113.0)
+    (folder / "eval.json").unlink()
+    result = CliRunner().invoke(
+        main, ["seeds", "--config", "small", str(folder), "--output", str(tmp_path / "s.json")]
+    )
+    assert result.exit_code == 1
+    assert "small-seed1" in result.output and "train and evaluate that seed" in result.output
+    assert not (tmp_path / "s.json").exists()  # nothing written

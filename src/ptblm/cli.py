@@ -15,6 +15,7 @@ from .commands.fetch import fetch
 from .commands.generate import generate
 from .commands.prepare import prepare
 from .commands.score import score_command
+from .commands.seeds import seeds_command
 from .commands.train import train_command
 from .tracking import VERBOSE_ENV
 
@@ -47,6 +48,7 @@ for command in (
     compare,
     generate,
     score_command,
+    seeds_command,
 ):
     main.add_command(command)
 

@@ -72,7 +72,8 @@ class CompareError(PtblmError):
 
 def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
     """One row per config with a train.json under metrics/ (its eval.json and
-    timings/<config>/speed.json if present)."""
+    timings/<config>/speed.json if present), and after it, where the config was trained
+    with several seeds (metrics/<config>/seeds.json, `ptblm seeds`), their n, mean and sd."""
 
     def read(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -94,9 +95,21 @@ def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
                 "device": speed.get("device", trained.get("device")),
             }
         )
+        seeds = read(folder / "seeds.json")
+        if seeds:
+            rows.append(
+                {
+                    "run": f"metrics/{folder.name}/seeds.json: mean of {seeds['n']} seeds",
+                    "config": folder.name,
+                    "n": seeds["n"],
+                    **{split: seeds[split]["mean"] for split in SPLITS},
+                    **{f"sd {split}": seeds[split]["sd"] for split in SPLITS},
+                }
+            )
     if not rows:
         raise CompareError(f"no */train.json under {metrics_dir}; run the pipeline first")
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows)
+    return table[[*COLUMNS, *table.columns.difference(COLUMNS, sort=False)]]
 
 
 def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
