@@ -9,7 +9,7 @@
 #   OUT=/tmp/gpu scripts/gpu_measure.sh check bench-variants medium-tied large-tied
 #
 # Every config of params.yaml is a part of its own (train + evaluate): the 2014 ones and the
-# variants (small-tied, small-gru, medium-tied, large-tied; ~5 min for large-tied on an H100).
+# variants (small-tied, small-gru, medium-tied, large-tied).
 # bench-variants times the variants beside the 2014 model of their size (tf32, no scaling).
 #   PRECISION=fp32 DEADLINE_S=540 OUT=/tmp/gpu scripts/gpu_measure.sh small
 #

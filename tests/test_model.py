@@ -1,4 +1,5 @@
-"""The details of reference.md that change results: each test fails if one is wrong."""
+"""The details of the reproduction that change results (docs/reproduction.md): each test
+fails if one is wrong."""
 
 from __future__ import annotations
 

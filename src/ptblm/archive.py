@@ -11,7 +11,8 @@ from .errors import PtblmError
 from .fsutil import atomic_dir
 
 MEMBER_DIR = "simple-examples/data"
-# reference.md, "Data": the three files are pinned, never the archive (mirrors repackage it).
+# docs/reproduction.md, "Data": the three files are pinned, never the archive (mirrors
+# repackage it).
 PTB_MD5 = {
     "ptb.train.txt": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
     "ptb.valid.txt": "aa0affc06ff7c36e977d7cd49e3839bf",

@@ -21,7 +21,7 @@ from .tracking import AUX, sqlite_path
 # The one place the published numbers live: source -> our config -> its perplexities
 # (train / valid / test). A config's rows are the published numbers it is measured against:
 # a variant gets the 2014 model of its size (the paper's deltas are against it) and the
-# published results of the recipe it follows (reference.md, "Beyond the baseline").
+# published results of the recipe it follows (docs/reproduction.md, "Beyond the 2014 model").
 _ZAREMBA = {
     "small": {"valid": 120.7, "test": 114.5},
     "medium": {"valid": 86.2, "test": 82.7},

@@ -31,8 +31,8 @@ class ConfigError(PtblmError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One row of the Zaremba et al. config table (reference.md, 'Configs'), plus the
-    variants beyond it (reference.md, 'Beyond the baseline').
+    """One row of the Zaremba et al. config table (docs/reproduction.md, 'The configs'),
+    plus the variants beyond it (same file, 'Beyond the 2014 model').
 
     The variant keys default to the 2014 model, so a model file written before they
     existed (it lacks them) still loads as the model it is.

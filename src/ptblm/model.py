@@ -1,6 +1,6 @@
-"""The Zaremba et al. (2014) LSTM language model (TF tutorial `PTBModel`), in PyTorch,
-with the variants of reference.md's "Beyond the baseline": GRU cells, tied weights and
-variational dropout, each a `ModelConfig` switch."""
+"""The Zaremba et al. (2014) LSTM language model (TF tutorial `PTBModel`), in PyTorch, with
+the variants of docs/reproduction.md ("Beyond the 2014 model"): GRU cells, tied weights
+and variational dropout, each a `ModelConfig` switch."""
 
 from __future__ import annotations
 
