@@ -37,15 +37,10 @@ from torch import nn
 
 from ptblm.config import PRECISIONS, ModelConfig, load_params
 from ptblm.data import batchify, epoch_size, load_corpus
+from ptblm.device import keep_freed_memory, resolve_device, set_precision
+from ptblm.errors import TrainingError
 from ptblm.model import PTBModel, detach
-from ptblm.train import (
-    TrainingError,
-    TrainStep,
-    evaluate_split,
-    keep_freed_memory,
-    resolve_device,
-    set_precision,
-)
+from ptblm.train import TrainStep, evaluate_split
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED = ROOT / "data" / "prepared"

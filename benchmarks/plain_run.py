@@ -32,6 +32,7 @@ from bench import PlainModel, environment, plain_train_step, synchronize
 from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
+from ptblm.device import resolve_device, set_precision
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
@@ -41,10 +42,8 @@ from ptblm.train import (
     learning_rate,
     load_checkpoint,
     perplexity,
-    resolve_device,
     run_epoch,
     save_checkpoint,
-    set_precision,
 )
 
 TOLERANCE = 0.005  # the bound on a GPU: final perplexities within 0.5%

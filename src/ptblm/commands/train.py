@@ -78,8 +78,8 @@ def _log_training(
 def _write_results(params: Params, result: TrainResult, device) -> list[Path]:
     """metrics/<config>/train.json, timings/<config>/speed.json, plots/<config>/{history.csv,
     learning_curve.png}; returns their paths."""
+    from ..device import device_description
     from ..plots import save_learning_curve
-    from ..train import device_description
 
     name = params.model
     train_json = METRICS_DIR / name / "train.json"
@@ -129,15 +129,8 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
     from ..codedeps import code_version
     from ..data import load_corpus
-    from ..train import (
-        checkpoint_run_id,
-        device_description,
-        resolve_device,
-        run_identity,
-        save_model,
-        set_precision,
-        train,
-    )
+    from ..device import device_description, resolve_device, set_precision
+    from ..train import checkpoint_run_id, run_identity, save_model, train
 
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
