@@ -40,7 +40,8 @@ from ptblm.data import batchify, epoch_size, load_corpus
 from ptblm.device import keep_freed_memory, resolve_device, set_precision
 from ptblm.errors import TrainingError
 from ptblm.model import PTBModel, detach
-from ptblm.train import TrainStep, evaluate_split
+from ptblm.step import TrainStep
+from ptblm.train import evaluate_split
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED = ROOT / "data" / "prepared"

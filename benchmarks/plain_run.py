@@ -36,10 +36,10 @@ from ptblm.device import resolve_device, set_precision
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
+from ptblm.step import learning_rate
 from ptblm.train import (
     TrainState,
     evaluate_split,
-    learning_rate,
     load_checkpoint,
     perplexity,
     run_epoch,

@@ -13,13 +13,8 @@ from ptblm import model as model_module
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
-from ptblm.train import (
-    TrainStep,
-    clip_by_global_norm,
-    evaluate_split,
-    learning_rate,
-    run_epoch,
-)
+from ptblm.step import TrainStep, clip_by_global_norm, learning_rate
+from ptblm.train import evaluate_split, run_epoch
 
 TINY = ModelConfig(
     init_scale=0.1,

@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
 from ptblm.model import LockedDropout, PTBModel, detach
-from ptblm.train import TrainStep, learning_rate, run_epoch
+from ptblm.step import TrainStep, learning_rate
+from ptblm.train import run_epoch
 
 TINY = ModelConfig(
     init_scale=0.1,
