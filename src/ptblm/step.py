@@ -1,5 +1,8 @@
-"""The training step: one truncated-BPTT update with global-norm clipping, the learning-rate
-schedule, and `TrainStep`, which replays the step as a CUDA graph on CUDA."""
+"""The training step: one truncated-BPTT update, clipping, the learning-rate schedule.
+
+`TrainStep` is the step as the loop and the benchmark call it; on CUDA it replays the step
+as a CUDA graph.
+"""
 
 from __future__ import annotations
 
