@@ -38,10 +38,10 @@ from torch import nn
 from ptblm.config import PRECISIONS, ModelConfig, load_params
 from ptblm.data import batchify, epoch_size, load_corpus
 from ptblm.device import keep_freed_memory, resolve_device, set_precision
+from ptblm.epoch import evaluate_split
 from ptblm.errors import TrainingError
 from ptblm.model import PTBModel, detach
 from ptblm.step import TrainStep
-from ptblm.train import evaluate_split
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARED = ROOT / "data" / "prepared"

@@ -33,18 +33,12 @@ from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
 from ptblm.device import resolve_device, set_precision
+from ptblm.epoch import evaluate_split, perplexity, run_epoch
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
 from ptblm.step import learning_rate
-from ptblm.train import (
-    TrainState,
-    evaluate_split,
-    load_checkpoint,
-    perplexity,
-    run_epoch,
-    save_checkpoint,
-)
+from ptblm.train import TrainState, load_checkpoint, save_checkpoint
 
 TOLERANCE = 0.005  # the bound on a GPU: final perplexities within 0.5%
 

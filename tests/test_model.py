@@ -12,9 +12,9 @@ from torch.nn import functional as F
 from ptblm import model as model_module
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
+from ptblm.epoch import evaluate_split, run_epoch
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
 from ptblm.step import TrainStep, clip_by_global_norm, learning_rate
-from ptblm.train import evaluate_split, run_epoch
 
 TINY = ModelConfig(
     init_scale=0.1,

@@ -20,8 +20,9 @@ from conftest import PROJECT_ROOT, kill_after_epoch, tool_env, trained_perplexit
 from ptblm.config import ModelConfig, TrainParams
 from ptblm.data import DataError, load_corpus, prepare
 from ptblm.device import cpu_runs_bf16_lstm, set_precision
+from ptblm.epoch import perplexity
 from ptblm.errors import TrainingError
-from ptblm.train import load_model, perplexity, save_model, train
+from ptblm.train import load_model, save_model, train
 
 TINY = ModelConfig(
     init_scale=0.1,

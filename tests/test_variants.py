@@ -11,9 +11,9 @@ from torch.nn import functional as F
 
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
+from ptblm.epoch import run_epoch
 from ptblm.model import LockedDropout, PTBModel, detach
 from ptblm.step import TrainStep, learning_rate
-from ptblm.train import run_epoch
 
 TINY = ModelConfig(
     init_scale=0.1,

@@ -35,7 +35,8 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
     from ..data import load_corpus
     from ..device import device_description, resolve_device, set_precision
-    from ..train import evaluate_split, load_model
+    from ..epoch import evaluate_split
+    from ..train import load_model
 
     name = params.model
     corpus = load_corpus(PREPARED_DIR)
