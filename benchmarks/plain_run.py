@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from bench import PlainModel, environment, plain_train_step, synchronize
+from ptblm.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
@@ -38,7 +39,6 @@ from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
 from ptblm.step import learning_rate
-from ptblm.train import TrainState, load_checkpoint, save_checkpoint
 
 TOLERANCE = 0.005  # the bound on a GPU: final perplexities within 0.5%
 

@@ -127,10 +127,11 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
     in distribution (cuDNN's dropout RNG is not in the checkpoint).
     """
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
+    from ..checkpoint import checkpoint_run_id, run_identity
     from ..codedeps import code_version
     from ..data import load_corpus
     from ..device import device_description, resolve_device, set_precision
-    from ..train import checkpoint_run_id, run_identity, save_model, train
+    from ..train import save_model, train
 
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
