@@ -22,7 +22,8 @@ from ptblm.data import DataError, load_corpus, prepare
 from ptblm.device import cpu_runs_bf16_lstm, set_precision
 from ptblm.epoch import perplexity
 from ptblm.errors import TrainingError
-from ptblm.train import load_model, save_model, train
+from ptblm.modelfile import load_model, save_model
+from ptblm.train import train
 
 TINY = ModelConfig(
     init_scale=0.1,

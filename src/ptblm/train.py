@@ -1,4 +1,4 @@
-"""Training: the tutorial's run_epoch / main loop, with checkpoints that resume exactly.
+"""The main training loop, `train()`: the tutorial's epochs, with checkpoints that resume exactly.
 
 Imports torch only; tracking comes in through the `on_epoch` callback, so this
 runs on a machine that has nothing but torch.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,75 +20,14 @@ from .config import ModelConfig, TrainParams
 from .data import Corpus, batchify, require_vocab_fits, require_windows
 from .device import keep_freed_memory, resolve_device, set_precision
 from .epoch import run_epoch
-from .errors import TrainingError
-from .fsutil import atomic_path
 from .model import PTBModel
 from .step import TrainStep, learning_rate
-
-MODEL_FORMAT = 2
-
-
-# --- checkpoints ------------------------------------------------------------------------
-
-
-def save_model(path: Path, model: PTBModel, config_name: str, corpus: Corpus) -> None:
-    payload = {
-        "format": MODEL_FORMAT,
-        "config_name": config_name,
-        "config": asdict(model.config),
-        "vocab_fingerprint": corpus.fingerprint,
-        "vocab": corpus.vocab,  # self-contained: ptblm.load_model needs no data/prepared
-        "state_dict": model.state_dict(),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_model(path: Path, config_name: str, config: ModelConfig, corpus: Corpus) -> PTBModel:
-    """Load a trained model, refusing one made for another config or vocabulary."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: no trained model; run the train stage first") from None
-    except Exception as exc:
-        raise TrainingError(f"{path}: not a ptb-lm model file ({exc}); train again") from None
-    if payload.get("format") != MODEL_FORMAT:
-        raise TrainingError(f"{path}: unknown model format; train again")
-    if payload["vocab_fingerprint"] != corpus.fingerprint:
-        raise TrainingError(
-            f"{path}: trained on another vocabulary than data/prepared; "
-            "re-run prepare and train together (dvc repro)"
-        )
-    differs = _config_differences(payload["config"], config)
-    if payload["config_name"] != config_name:
-        differs.insert(0, f"config {payload['config_name']!r} (selected: {config_name!r})")
-    if differs:
-        raise TrainingError(
-            f"{path}: trained with another config than the selected {config_name!r}: "
-            f"{', '.join(differs)}; train this config first (dvc repro)"
-        )
-    model = PTBModel(config)
-    model.load_state_dict(payload["state_dict"])
-    return model
-
-
-def _config_differences(saved: dict, config: ModelConfig) -> list[str]:
-    """`key=saved (selected: value)` for each hyperparameter a model file differs in. Keys
-    the file lacks (written before they existed) count as their defaults."""
-    defaults = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}
-    saved = {**defaults, **saved}
-    return [
-        f"{key}={saved.get(key)!r} (selected: {value!r})"
-        for key, value in asdict(config).items()
-        if saved.get(key) != value
-    ]
-
-
-# --- the main loop ----------------------------------------------------------------------
 
 
 @dataclass
 class TrainResult:
+    """What `train` hands back: the trained model, its epochs' records and the summary."""
+
     model: PTBModel
     history: list[dict[str, float]]
     train_perplexity: float

@@ -36,7 +36,7 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
     from ..data import load_corpus
     from ..device import device_description, resolve_device, set_precision
     from ..epoch import evaluate_split
-    from ..train import load_model
+    from ..modelfile import load_model
 
     name = params.model
     corpus = load_corpus(PREPARED_DIR)

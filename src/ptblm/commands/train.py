@@ -131,7 +131,8 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
     from ..codedeps import code_version
     from ..data import load_corpus
     from ..device import device_description, resolve_device, set_precision
-    from ..train import save_model, train
+    from ..modelfile import save_model
+    from ..train import train
 
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
