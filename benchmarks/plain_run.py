@@ -2,8 +2,8 @@
 
 The benchmark's trajectory check follows 20 steps; this answers the question for a
 whole run: do ptblm's final perplexities land where the loop most people write lands,
-from the same seed and the same initial weights? The plain loop (`bench.PlainModel`,
-`bench.plain_train_step`) trains with the tutorial's schedule; after every epoch its
+from the same seed and the same initial weights? The plain loop (`plain.PlainModel`,
+`plain.plain_train_step`) trains with the tutorial's schedule; after every epoch its
 weights go into a `PTBModel` and ptblm's own `run_epoch` / `evaluate_split` score them,
 so any difference comes from training alone. Given ours' results (`metrics/<config>`
 of a `ptblm train` + `ptblm evaluate` from the same params), it prints and saves the
@@ -28,24 +28,19 @@ import click
 import torch
 from tqdm import tqdm
 
-from bench import PlainModel, environment, plain_train_step, synchronize
+from plain import PlainModel, plain_train_step
+from ptblm.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
+from ptblm.device import resolve_device, set_precision
+from ptblm.epoch import evaluate_split, perplexity, run_epoch
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
-from ptblm.train import (
-    TrainState,
-    evaluate_split,
-    learning_rate,
-    load_checkpoint,
-    perplexity,
-    resolve_device,
-    run_epoch,
-    save_checkpoint,
-    set_precision,
-)
+from ptblm.step import learning_rate
+from report import environment
+from workload import synchronize
 
 TOLERANCE = 0.005  # the issue's bound on a GPU: final perplexities within 0.5%
 

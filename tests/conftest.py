@@ -152,8 +152,10 @@ def trained_perplexities(device: torch.device, precision: str) -> tuple[float, f
     whatever the arithmetic, so only a trained one shows a broken fast path."""
     from ptblm.config import ModelConfig
     from ptblm.data import batchify
+    from ptblm.device import set_precision
+    from ptblm.epoch import run_epoch
     from ptblm.model import PTBModel
-    from ptblm.train import TrainStep, run_epoch, set_precision
+    from ptblm.step import TrainStep
 
     config = ModelConfig(
         init_scale=0.1, learning_rate=1.0, max_grad_norm=5.0, num_layers=2, num_steps=20,

@@ -14,8 +14,9 @@ from conftest import trained_perplexities
 
 from ptblm.config import ModelConfig
 from ptblm.data import batchify, iterate_batches
+from ptblm.device import set_precision
 from ptblm.model import PTBModel
-from ptblm.train import TrainStep, set_precision
+from ptblm.step import TrainStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

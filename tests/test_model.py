@@ -13,14 +13,9 @@ from torch.nn import functional as F
 from ptblm import model as model_module
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
+from ptblm.epoch import evaluate_split, run_epoch
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
-from ptblm.train import (
-    TrainStep,
-    clip_by_global_norm,
-    evaluate_split,
-    learning_rate,
-    run_epoch,
-)
+from ptblm.step import TrainStep, clip_by_global_norm, learning_rate
 
 TINY = ModelConfig(
     init_scale=0.1,

@@ -23,8 +23,9 @@ from ptblm.archive import extract_ptb
 from ptblm.cli import main
 from ptblm.config import TrainParams
 from ptblm.data import load_corpus, prepare
+from ptblm.modelfile import save_model
 from ptblm.text import normalize
-from ptblm.train import save_model, train
+from ptblm.train import train
 
 WORDS = ["the", "company", "said", "it", "expects", "a", "loss", "N", "<unk>", "mr.", "'s"]
 WORDS += ["n't", "did", "shares", "rose", "to", "$", "of", "million"]

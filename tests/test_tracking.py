@@ -104,6 +104,8 @@ def test_unreachable_server_fails_fast_or_continues_when_asked() -> None:
 @pytest.mark.e2e
 def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: Path) -> None:
     """One `dvc repro` of the test config: one run with everything the UI compares."""
+    params = project / "params.yaml"  # one thread, which the device tag must name
+    params.write_text(params.read_text().replace("num_threads: 0 ", "num_threads: 1 ", 1))
     select_test_model(project)
     dvc(project, "repro", env=tool_env(project, PTBLM_DATA_SOURCE=str(shared_archive)))
     uri = f"sqlite:///{project / 'mlflow.db'}"
@@ -124,7 +126,7 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
     tags = found.data.tags
     assert tags["config"] == "test" and tags["device"] == "cpu" and tags["resumed"] == "False"
     assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    assert tags["torch_version"] and tags["device_name"]
+    assert tags["torch_version"] and tags["device_name"] == "cpu (1 thread)"
 
     store = client(uri)
     for key in EPOCH_METRICS.values():

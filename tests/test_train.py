@@ -19,15 +19,11 @@ from conftest import PROJECT_ROOT, kill_after_epoch, tool_env, trained_perplexit
 
 from ptblm.config import ModelConfig, TrainParams
 from ptblm.data import DataError, load_corpus, prepare
-from ptblm.train import (
-    TrainingError,
-    cpu_runs_bf16_lstm,
-    load_model,
-    perplexity,
-    save_model,
-    set_precision,
-    train,
-)
+from ptblm.device import cpu_runs_bf16_lstm, set_precision
+from ptblm.epoch import perplexity
+from ptblm.errors import TrainingError
+from ptblm.modelfile import load_model, save_model
+from ptblm.train import train
 
 TINY = ModelConfig(
     init_scale=0.1,

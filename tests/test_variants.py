@@ -11,8 +11,9 @@ from torch.nn import functional as F
 
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
+from ptblm.epoch import run_epoch
 from ptblm.model import LockedDropout, PTBModel, detach
-from ptblm.train import TrainStep, learning_rate, run_epoch
+from ptblm.step import TrainStep, learning_rate
 
 TINY = ModelConfig(
     init_scale=0.1,

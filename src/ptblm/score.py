@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .api import LanguageModel
+from .epoch import evaluate_split
 from .errors import PtblmError
 from .text import EOS, UNK, normalize
-from .train import evaluate_split
 
 TOKENS_PER_BATCH = 2048  # padded tokens per forward pass: [2048, vocab] logits, ~80 MB
 FORMATS = ("table", "csv", "jsonl")

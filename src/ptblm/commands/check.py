@@ -46,7 +46,7 @@ def check_command(params_path: Path, model_name: str | None) -> None:
         require_windows(split, tokens[split], config.batch_size, config.num_steps)
     for split in ("test", "valid"):
         require_rows(split, tokens[split], params.evaluate.batch_size)
-    from ..train import resolve_device, set_precision  # torch: only once the rest is fine
+    from ..device import resolve_device, set_precision  # torch: only once the rest is fine
 
     set_precision(params.train.precision, resolve_device(params.train.device))
     write_json(

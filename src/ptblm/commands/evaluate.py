@@ -34,13 +34,9 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
     """
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
     from ..data import load_corpus
-    from ..train import (
-        device_description,
-        evaluate_split,
-        load_model,
-        resolve_device,
-        set_precision,
-    )
+    from ..device import device_description, resolve_device, set_precision
+    from ..epoch import evaluate_split
+    from ..modelfile import load_model
 
     name = params.model
     corpus = load_corpus(PREPARED_DIR)

@@ -78,8 +78,8 @@ def _log_training(
 def _write_results(params: Params, result: TrainResult, device) -> list[Path]:
     """metrics/<config>/train.json, timings/<config>/speed.json, plots/<config>/{history.csv,
     learning_curve.png}; returns their paths."""
+    from ..device import device_description
     from ..plots import save_learning_curve
-    from ..train import device_description
 
     name = params.model
     train_json = METRICS_DIR / name / "train.json"
@@ -127,21 +127,17 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
     in distribution (cuDNN's dropout RNG is not in the checkpoint).
     """
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
+    from ..checkpoint import checkpoint_run_id, run_identity
     from ..codedeps import code_version
     from ..data import load_corpus
-    from ..train import (
-        checkpoint_run_id,
-        device_description,
-        resolve_device,
-        run_identity,
-        save_model,
-        set_precision,
-        train,
-    )
+    from ..device import device_description, resolve_device, set_precision, use_threads
+    from ..modelfile import save_model
+    from ..train import train
 
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
     device = resolve_device(params.train.device)
+    use_threads(params.train.num_threads)  # before the run tags describe the device
     set_precision(params.train.precision, device)  # fails before a tracking run is opened
     code = code_version(Path(__file__))
     checkpoint = CHECKPOINT_DIR / name / "last.pt"

@@ -1,0 +1,167 @@
+"""The training step: one truncated-BPTT update, clipping, the learning-rate schedule.
+
+`TrainStep` is the step as the loop and the benchmark call it; on CUDA it replays the step
+as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .config import ModelConfig
+from .device import autocast
+from .model import PTBModel, State, detach
+
+
+def learning_rate(config: ModelConfig, epoch: int, history: Sequence[dict] = ()) -> float:
+    """The learning rate of `epoch` (1-based), given the records of the epochs before it.
+
+    lr_schedule epoch (the tutorial's): learning_rate * lr_decay ** max(epoch - max_epoch, 0).
+    lr_schedule plateau (pytorch/examples word_language_model): multiplied by lr_decay after
+    every epoch from max_epoch on whose validation perplexity is no better than the best
+    before it. A function of the history alone, so a resumed run gets the same rates.
+    """
+    if config.lr_schedule == "epoch":
+        return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
+    lr, best = config.learning_rate, math.inf
+    for record in history[: epoch - 1]:
+        if record["epoch"] >= config.max_epoch and record["valid_perplexity"] >= best:
+            lr *= config.lr_decay
+        best = min(best, record["valid_perplexity"])
+    return lr
+
+
+def clip_by_global_norm(
+    optimizer: torch.optim.SGD, params: list[torch.nn.Parameter], max_norm: float
+) -> torch.Tensor:
+    """TF's clip_by_global_norm, done by the next fused step: g * max_norm / max(norm, max_norm).
+
+    The divisor goes in as the optimizer's `grad_scale` (the hook AMP's GradScaler
+    uses), so clipping costs no pass of its own over the gradients and no host sync.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    optimizer.grad_scale = torch.clamp(norm, min=max_norm) / max_norm
+    return norm
+
+
+def train_step(
+    model: PTBModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state: State,
+    optimizer: torch.optim.SGD,
+    params: list[torch.nn.Parameter],
+    max_grad_norm: float,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, State]:
+    """One truncated-BPTT update; returns the (detached) cost and the detached next state.
+
+    Nothing here reads a value back to the host, so a CUDA graph can capture it whole.
+    """
+    with autocast(x.device, precision):
+        cost, state = model.cost(x, y, state)
+    optimizer.zero_grad(set_to_none=True)
+    cost.backward()
+    clip_by_global_norm(optimizer, params, max_grad_norm)
+    optimizer.step()
+    return cost.detach(), detach(state)
+
+
+class TrainStep:
+    """The training step as the loop (and the benchmark) calls it, state carried inside.
+
+    On CUDA a step is a few hundred small kernels; launched one by one from Python the
+    GPU mostly waits for the CPU. So after `EAGER_STEPS` eager steps (which let cuDNN and
+    cuBLAS set up, as capture requires) the step is captured once into a CUDA graph and
+    replayed: one launch a step. Every step, eager or replayed, is a real training step.
+    The graph reads its inputs, the learning rate and the carried state from fixed
+    buffers, so those are updated in place. Dropout stays random: replays advance the
+    CUDA generator like eager steps do (other masks than eager, the same distribution).
+    """
+
+    EAGER_STEPS = 3
+
+    def __init__(self, model: PTBModel, precision: str = "fp32", cuda_graph: bool = True) -> None:
+        config = model.config
+        device = model.softmax.weight.device
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.max_grad_norm = config.max_grad_norm
+        self.precision = precision
+        self.graphed = cuda_graph and device.type == "cuda"
+        # a tensor lr lives on the device, so a captured step sees set_lr's changes
+        self._lr = torch.tensor(config.learning_rate, device=device) if self.graphed else None
+        # plain SGD, fused: one kernel updates every parameter, clipping folded in
+        self.optimizer = torch.optim.SGD(
+            self.params, lr=self._lr if self.graphed else config.learning_rate, fused=True
+        )
+        self.state: State = model.zero_state(config.batch_size, device)
+        self._eager_steps = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:  # after optimizer.load_state_dict too,
+            group["lr"] = lr if self._lr is None else self._lr  # which puts the saved value
+        if self._lr is not None:
+            self._lr.fill_(lr)
+
+    def reset_state(self) -> None:
+        """Zero state, as at the start of every epoch (in place: the graph reads it)."""
+        for tensor in self.state:
+            tensor.zero_()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train on one (x, y) window; returns its cost (a device tensor, not read back)."""
+        if self._graph is not None:
+            self._x.copy_(x)
+            self._y.copy_(y)
+            self._graph.replay()
+            return self._cost.clone()  # the next replay overwrites _cost
+        if self.graphed and self._eager_steps >= self.EAGER_STEPS:
+            return self._capture(x, y)
+        self._eager_steps += 1
+        with self._side_stream():
+            return self._step(x, y)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """train_step, with the next state copied into the carried-state buffers."""
+        cost, state = train_step(
+            self.model,
+            x,
+            y,
+            self.state,
+            self.optimizer,
+            self.params,
+            self.max_grad_norm,
+            self.precision,
+        )
+        for tensor, new in zip(self.state, state, strict=True):
+            tensor.copy_(new)
+        return cost
+
+    @contextlib.contextmanager
+    def _side_stream(self):
+        """CUDA graphs want the eager steps before capture on a side stream."""
+        if not self.graphed:
+            yield
+            return
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream().wait_stream(stream)
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._x, self._y = x.clone(), y.clone()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients come from the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._cost = self._step(self._x, self._y)
+        self._graph = graph
+        graph.replay()  # capture only records: this runs the step
+        return self._cost.clone()
