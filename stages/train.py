@@ -1,5 +1,7 @@
 """DVC stage `train`: see `--help`; the work is in the ptblm library."""
 
+import _workspace  # noqa: F401  (first: this workspace's src/, not an installed copy)
+
 from ptblm.commands.train import train_command as command
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import PROJECT_ROOT
@@ -106,3 +109,22 @@ def test_fetch_does_not_depend_on_the_model():
     deps = stage_deps.derived_code_deps(PROJECT_ROOT, "stages/fetch.py")
     assert "src/ptblm/fetch.py" in deps
     assert not {"src/ptblm/model.py", "src/ptblm/api.py", "src/ptblm/train.py"} & set(deps)
+
+
+def test_a_stage_runs_the_code_of_its_own_workspace(tmp_path):
+    """A queued `dvc exp run` executes in a temporary copy of the repo: its stages must
+    import that copy's src/, not the editable install of the main checkout (a seed run
+    once died at its end importing newer modules from the main checkout)."""
+    root = _copy(tmp_path)
+    command = root / "src" / "ptblm" / "commands" / "check.py"
+    command.write_text(command.read_text() + '\nprint("MARKER-OF-THE-COPY")\n')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shown = subprocess.run(
+        [sys.executable, str(root / "stages" / "check.py"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "MARKER-OF-THE-COPY" in shown.stdout
