@@ -134,6 +134,7 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
         (1, 200, 40.0, 120.0, 115.0),
         (2, 200, 41.0, 122.0, 116.0),
         (3, 200, 45.0, 127.0, 120.0),
+        (4, 200, 50.0, 130.0, None),  # failed before evaluation: listed, not averaged
         (1, 300, 30.0, 110.0, 105.0),
     ]
     for seed, hidden, train, valid, test in runs:
@@ -146,7 +147,8 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
                     {"train_perplexity": train * factor, "valid_perplexity": valid * factor},
                     step=epoch,
                 )
-            mlflow.log_metric("test_perplexity", test)
+            if test is not None:
+                mlflow.log_metric("test_perplexity", test)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     result = CliRunner().invoke(main, ["compare", "--params", str(PARAMS), "--format", "csv"])
     assert result.exit_code == 0, result.output
@@ -154,7 +156,9 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
     assert {"hidden_size", "train.seed", "n", "sd test"} <= set(table.columns)
     assert "num_layers" not in table.columns  # the same in every run
     ours = table[~table["run"].isin(REFERENCE)].reset_index(drop=True)
-    assert list(ours["run"]) == ["h200-s1", "h200-s2", "h200-s3", "mean of 3 runs", "h300-s1"]
+    assert list(ours["run"]) == [
+        "h200-s1", "h200-s2", "h200-s3", "mean of 3 runs", "h200-s4", "h300-s1"
+    ]  # fmt: skip
     summary = ours.iloc[3]
     assert summary["n"] == 3 and summary["train.seed"] == "1,2,3"
     assert summary["hidden_size"] == 200
@@ -162,7 +166,7 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
                           ("test", [115, 116, 120])):  # fmt: skip
         assert summary[split] == pytest.approx(statistics.mean(values))
         assert summary[f"sd {split}"] == pytest.approx(statistics.stdev(values))
-    assert ours.iloc[4]["n"] == 1 and pd.isna(ours.iloc[4]["sd test"])
+    assert ours.iloc[5]["n"] == 1 and pd.isna(ours.iloc[5]["sd test"])
 
     markdown = CliRunner().invoke(
         main, ["compare", "--params", str(PARAMS), "--format", "markdown"]

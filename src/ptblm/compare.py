@@ -156,11 +156,13 @@ def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
 
 
 def with_seed_groups(table: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
-    """After each set of 2+ runs alike in everything but `train.seed`: a row with n and the
-    mean and sample standard deviation (n - 1) of their perplexities."""
+    """After each set of 2+ evaluated runs alike in everything but `train.seed`: a row with
+    n and the mean and sample standard deviation (n - 1) of their perplexities."""
     table = table.assign(n=1)
     same = [k for k in params if k != SEED]
     keys = table["config"].astype(str) + "\x00" + params[same].astype(str).agg("\x00".join, axis=1)
+    # a run without a test perplexity (failed, killed, not evaluated yet) is listed, never averaged
+    keys = keys.where(pd.to_numeric(table["test"]).notna(), "\x01" + table.index.astype(str))
     rows, done = [], set()
     for index, key in enumerate(keys):
         rows.append(table.iloc[[index]])
