@@ -115,12 +115,11 @@ def test_one_metrics_folder_per_config_listed_whole(dvc_yaml, configs):
     committed = {p.name for p in (ROOT / "metrics").iterdir() if p.is_dir()}
     assert "test" in committed and committed <= configs
     for config in committed:
-        assert {p.name for p in (ROOT / "metrics" / config).iterdir()} == {
-            "train.json",
-            "eval.json",
-        }
+        files = {p.name for p in (ROOT / "metrics" / config).iterdir()}
+        assert {"train.json", "eval.json"} <= files <= {"train.json", "eval.json", "seeds.json"}
         assert (ROOT / "plots" / config / "history.csv").is_file()
-        assert (ROOT / "timings" / config / "speed.json").is_file()
+        # timings/<config>/speed.json only where the run's speed was a measurement (a run
+        # that shared the cores with others commits none: docs/reproduction.md)
 
 
 def test_speed_is_not_a_dvc_metric_nor_a_plot(dvc_yaml):
