@@ -330,3 +330,30 @@ def test_choosing_a_store_leaves_the_users_tracking_uri_alone(tmp_path: Path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     use_store(f"sqlite:///{tmp_path / 'b.db'}")
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:1"
+
+
+def test_reopened_run_gets_the_epochs_a_kill_left_unlogged(tmp_path: Path) -> None:
+    """A kill between an epoch's checkpoint and its metrics: the rerun logs that epoch once."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = TrackingParams(uri=uri)
+    history = [
+        {
+            "epoch": e,
+            "lr": 1.0,
+            "train_perplexity": 9.0 - e,
+            "valid_perplexity": 10.0 - e,
+            "words_per_sec": 1.0,
+            "epoch_time_s": 1.0,
+        }
+        for e in (1, 2, 3)
+    ]
+    first = open_tracker(settings, "killed")
+    first.log_epoch(history[0])  # killed after epoch 2's checkpoint, before its metrics
+    first.end(failed=True)  # the process died (in-process, its run must be closed)
+    rerun = open_tracker(settings, "killed", previous_run_id=first.run_id)
+    assert rerun.reopened and rerun.run_id == first.run_id
+    rerun.log_missing_epochs(history)
+    rerun.end()
+    for key in EPOCH_METRICS.values():
+        steps = [m.step for m in client(uri).get_metric_history(first.run_id, key)]
+        assert sorted(steps) == [1, 2, 3], key

@@ -133,6 +133,9 @@ class NullTracker:
     def log_epoch(self, record: dict[str, Any]) -> None:
         pass
 
+    def log_missing_epochs(self, history: list[dict[str, Any]]) -> None:
+        pass
+
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
@@ -209,6 +212,20 @@ class MlflowTracker(NullTracker):
     def log_epoch(self, record: dict[str, Any]) -> None:
         metrics = {name: float(record[key]) for key, name in EPOCH_METRICS.items()}
         self.log_metrics(metrics, step=int(record["epoch"]))
+
+    def log_missing_epochs(self, history: list[dict[str, Any]]) -> None:
+        """The epochs of `history` this run has no record of: a kill can land after an
+        epoch's checkpoint was saved and before its metrics were logged."""
+        client = self._mlflow.MlflowClient()
+        logged = {
+            m.step
+            for m in self._retry(
+                lambda: client.get_metric_history(self.run_id, EPOCH_METRICS["valid_perplexity"])
+            )
+        }
+        for record in history:
+            if int(record["epoch"]) not in logged:
+                self.log_epoch(record)
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._retry(lambda: self._mlflow.log_params(params))

@@ -58,9 +58,7 @@ def _log_training(
 ) -> None:
     """End-of-training metrics, the epochs a resumed run did before this process if they are
     not in this run yet (so its curves are whole), the files worth comparing, and the model."""
-    if not tracker.reopened:
-        for record in result.history[: result.resumed_from_epoch]:
-            tracker.log_epoch(record)
+    tracker.log_missing_epochs(result.history[: result.resumed_from_epoch])
     tracker.set_tags(
         {
             "resumed": bool(result.resumed_from_epoch),
