@@ -11,6 +11,7 @@
 # Every config of params.yaml is a part of its own (train + evaluate): the 2014 ones and the
 # variants (small-tied, small-gru, medium-tied, large-tied).
 # bench-variants times the variants beside the 2014 model of their size (tf32, no scaling).
+# bench-ddp times large's step and a gradient all-reduce on one GPU (benchmarks/ddp.py).
 #   PRECISION=fp32 DEADLINE_S=540 OUT=/tmp/gpu scripts/gpu_measure.sh small
 #
 #   OUT=/tmp/gpu scripts/gpu_measure.sh seeds-small seeds-medium   # 3 seeds each, mean ± sd
@@ -124,6 +125,10 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 --precisions tf32 --no-scaling --trajectory-steps 0 \
                 --note "${BENCH_NOTE:-scripts/gpu_measure.sh bench-variants}" \
                 --out "$RESULTS/benchmarks-variants" 2>&1 | tee "$RESULTS/logs/bench-variants.log"
+            ;;
+        bench-ddp)  # the 1-GPU baseline of benchmarks/ddp.py (one GPU here: no second rank)
+            timeout "$limit" "$PYTHON" benchmarks/ddp.py --device cuda --config large \
+                --processes 1 --out "$RESULTS/benchmarks-ddp" 2>&1 | tee "$RESULTS/logs/bench-ddp.log"
             ;;
         small | medium | large | test | small-tied | small-gru | medium-tied | large-tied \
             | test-variants)

@@ -71,17 +71,27 @@ def run(
     return result
 
 
+def wait_for_epoch(proc: subprocess.Popen, checkpoint: Path, epoch: int = 2) -> None:
+    """Wait until `proc`'s checkpoint holds `epoch` finished epochs (read only when it changes:
+    the training must keep the cores)."""
+    deadline, seen = time.monotonic() + 300, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        if stamp != seen and stamp is not None:
+            seen = stamp
+            if torch.load(checkpoint, weights_only=True)["epoch"] >= epoch:
+                return
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make epochs longer"
+    raise AssertionError(f"no checkpoint of epoch {epoch} at {checkpoint} within 300 s")
+
+
 def kill_after_epoch(cmd: list[str], cwd: Path, checkpoint: Path, epoch: int = 2) -> None:
     """Start `cmd`, wait until its checkpoint holds `epoch` finished epochs, then kill -9 it."""
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= epoch:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; make epochs longer"
+    wait_for_epoch(proc, checkpoint, epoch)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 

@@ -137,3 +137,33 @@ def test_fast_precisions_stay_near_fp32(precision):
     fp32, fast = trained_perplexities(DEVICE, precision)
     assert fp32 < 20  # it learned the stream (uniform would be 200)
     assert fast == pytest.approx(fp32, rel=2e-2)
+
+
+def test_two_trainings_on_a_one_gpu_machine_run_one_after_the_other(tmp_path):
+    """What `dvc queue start -j 2` does with one GPU: the second waits for the GPU's lock."""
+    import subprocess
+
+    import yaml
+    from conftest import tool_env
+    from test_train import tiny_project, train_cmd
+
+    env = tool_env(CUDA_VISIBLE_DEVICES="0", PTBLM_GPU_LOCK_DIR=str(tmp_path / "locks"))
+    procs = []
+    for name in ("first", "second"):
+        root = tiny_project(tmp_path / name, 3)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["train"].update(device="cuda")
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        procs.append(
+            subprocess.Popen(
+                train_cmd(),
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert sum("GPUs are taken by other ptblm processes" in out for out in outputs) == 1, outputs

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, kill_after_epoch, tool_env, trained_perplexities
+from conftest import (
+    PROJECT_ROOT,
+    kill_after_epoch,
+    tool_env,
+    trained_perplexities,
+    wait_for_epoch,
+)
 
 from ptblm.config import ModelConfig, TrainParams
 from ptblm.data import DataError, load_corpus, prepare
@@ -201,7 +208,7 @@ def test_model_file_for_other_config_or_vocab_is_refused(corpus, tmp_path):
 def test_model_file_of_a_variant_loads_in_evaluate_and_another_variant_is_refused(tmp_path):
     """A tied GRU's model file through the real `evaluate` command: scored when the params
     match it, refused in one line naming the difference when they do not."""
-    root = _project(tmp_path, epochs=1, cell="gru", tie_weights=True, dropout="variational")
+    root = tiny_project(tmp_path, epochs=1, cell="gru", tie_weights=True, dropout="variational")
     corpus = load_corpus(root / "data" / "prepared")
     params = yaml.safe_load((root / "params.yaml").read_text())
     config = ModelConfig(**params["models"]["tiny"])
@@ -245,7 +252,7 @@ def test_loading_never_unpickles_arbitrary_objects(corpus, tmp_path, monkeypatch
 # --- the real thing: a training process killed with SIGKILL, then run again -------------
 
 
-def _project(root: Path, epochs: int, **changes) -> Path:
+def tiny_project(root: Path, epochs: int, **changes) -> Path:
     write_corpus(root, train_tokens=20_000)
     config = dataclasses.asdict(dataclasses.replace(TINY, max_max_epoch=epochs, **changes))
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -255,7 +262,7 @@ def _project(root: Path, epochs: int, **changes) -> Path:
     return root
 
 
-def _train_cmd(tracking: bool = False) -> list[str]:
+def train_cmd(tracking: bool = False) -> list[str]:
     flag = "--tracking" if tracking else "--no-tracking"
     return [sys.executable, str(PROJECT_ROOT / "stages" / "train.py"), flag]
 
@@ -267,20 +274,20 @@ def _finished_outputs(root: Path) -> tuple[dict, str]:
 
 def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     epochs = 4
-    straight = _project(tmp_path / "straight", epochs)
+    straight = tiny_project(tmp_path / "straight", epochs)
     subprocess.run(
-        _train_cmd(), cwd=straight, env=tool_env(), check=True, capture_output=True, timeout=600
+        train_cmd(), cwd=straight, env=tool_env(), check=True, capture_output=True, timeout=600
     )
 
-    killed = _project(tmp_path / "killed", epochs)
+    killed = tiny_project(tmp_path / "killed", epochs)
     checkpoint = killed / "checkpoints" / "tiny" / "last.pt"
-    kill_after_epoch(_train_cmd(), killed, checkpoint)
+    kill_after_epoch(train_cmd(), killed, checkpoint)
     assert not (killed / "metrics" / "tiny" / "train.json").exists()
     done = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 2 <= done < epochs
 
     rerun = subprocess.run(
-        _train_cmd(),
+        train_cmd(),
         cwd=killed,
         env=tool_env(),
         capture_output=True,
@@ -323,11 +330,11 @@ def test_kill_9_then_rerun_is_one_finished_mlflow_run_with_whole_curves(tmp_path
     from mlflow.tracking import MlflowClient
 
     epochs = 4
-    root = _project(tmp_path / "killed", epochs)
+    root = tiny_project(tmp_path / "killed", epochs)
     checkpoint = root / "checkpoints" / "tiny" / "last.pt"
-    kill_after_epoch(_train_cmd(tracking=True), root, checkpoint)
+    kill_after_epoch(train_cmd(tracking=True), root, checkpoint)
     subprocess.run(
-        _train_cmd(tracking=True), cwd=root, env=tool_env(), check=True, capture_output=True
+        train_cmd(tracking=True), cwd=root, env=tool_env(), check=True, capture_output=True
     )
     store = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     (run,) = store.search_runs([store.get_experiment_by_name("ptb-lm").experiment_id])
@@ -338,3 +345,46 @@ def test_kill_9_then_rerun_is_one_finished_mlflow_run_with_whole_curves(tmp_path
     assert json.loads((root / "models" / "tiny" / "mlflow_run.json").read_text())["run_id"] == (
         run.info.run_id
     )
+
+
+def _grandchildren(pid: int) -> list[int]:
+    """The processes two levels under `pid` (under torchrun, its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    return [g for child in children.get(pid, []) for g in children.get(child, [])]
+
+
+def test_a_rank_killed_with_kill_9_restarts_the_group_from_the_checkpoint(tmp_path):
+    """train.nproc_per_node 2 with max_restarts 1: torchrun restarts both gloo ranks, which
+    resume from rank 0's checkpoint; one FINISHED MLflow run with every epoch once."""
+    from mlflow.tracking import MlflowClient
+
+    epochs = 6
+    root = tiny_project(tmp_path / "ddp", epochs)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(nproc_per_node=2, max_restarts=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    checkpoint = root / "checkpoints" / "tiny" / "last.pt"
+    proc = subprocess.Popen(
+        train_cmd(tracking=True), cwd=root, env=tool_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_for_epoch(proc, checkpoint)
+    workers = _grandchildren(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "resuming tiny after epoch" in out
+    store = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    (run,) = store.search_runs([store.get_experiment_by_name("ptb-lm").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["resumed"] == "True" and run.data.tags["processes"] == "2"
+    history = store.get_metric_history(run.info.run_id, "valid_perplexity")
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # each epoch once
+    assert json.loads((root / "metrics" / "tiny" / "train.json").read_text())["epochs"] == epochs

@@ -18,7 +18,7 @@ from .config import ModelConfig, TrainParams
 from .data import Corpus
 from .fsutil import atomic_path
 
-CHECKPOINT_FORMAT = 3  # 3: code and data in the identity; the tracking run id
+CHECKPOINT_FORMAT = 4  # 3: code and data in the identity, the tracking run id; 4: world size
 
 
 @dataclass
@@ -35,9 +35,11 @@ def run_identity(
     corpus: Corpus,
     settings: TrainParams,
     code_version: str = "",
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the config, the data (vocabulary and the
-    id arrays), the seed and precision, and the code that trains (`codedeps.code_version`)."""
+    id arrays), the seed and precision, the code that trains (`codedeps.code_version`), and
+    the number of processes (each draws its own dropout masks)."""
     return {
         "config_name": config_name,
         "config": asdict(config),
@@ -46,6 +48,7 @@ def run_identity(
         "code_version": code_version,
         "seed": settings.seed,
         "precision": settings.precision,
+        "world_size": world_size,
     }
 
 

@@ -100,11 +100,17 @@ class TrainParams:
     precision: str = "fp32"
     num_threads: int = 0
     cuda_graphs: bool = True
+    gpu_wait_s: float = 86400.0  # how long to wait for a GPU no other ptblm process holds
+    nproc_per_node: int = 1  # > 1: the train stage runs torchrun with this many processes
+    max_restarts: int = 0  # torchrun --max-restarts: a failed rank restarts the group
 
     def check(self, where: str) -> None:
         _require_choice(self.device, f"{where}.device", DEVICES)
         _require_choice(self.precision, f"{where}.precision", PRECISIONS)
         _require(self.num_threads >= 0, f"{where}.num_threads", self.num_threads, ">= 0 (0: auto)")
+        _require(self.gpu_wait_s >= 0, f"{where}.gpu_wait_s", self.gpu_wait_s, ">= 0")
+        _require(self.nproc_per_node >= 1, f"{where}.nproc_per_node", self.nproc_per_node, ">= 1")
+        _require(self.max_restarts >= 0, f"{where}.max_restarts", self.max_restarts, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,9 @@ class Params:
     evaluate: EvalParams = field(default_factory=EvalParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
+    def __post_init__(self) -> None:
+        require_batch_splits(self.model, self.config.batch_size, self.train.nproc_per_node)
+
     @property
     def config(self) -> ModelConfig:
         return self.models[self.model]
@@ -147,6 +156,16 @@ class Params:
     def with_model(self, name: str) -> Params:
         _require_choice(name, "model", tuple(self.models))
         return dataclasses.replace(self, model=name)
+
+
+def require_batch_splits(config_name: str, batch_size: int, processes: int) -> None:
+    """Each process of a distributed run owns batch_size / processes rows of the batch."""
+    if batch_size % processes:
+        raise ConfigError(
+            f"params: models.{config_name}.batch_size = {batch_size} does not split over "
+            f"{processes} processes (train.nproc_per_node x nodes); use a process count "
+            f"that divides {batch_size}"
+        )
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:

@@ -26,6 +26,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_device(name: str, gpu_wait_s: float, local_rank: int | None = None) -> torch.device:
+    """The device a train or evaluate process computes on. On CUDA: under torchrun its local
+    rank's GPU; otherwise the first GPU no other ptblm process holds (`gpu_lock`), so a
+    queue started with -j N runs on N GPUs at once."""
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return device
+    if local_rank is None:
+        from .gpu_lock import claim_gpu
+
+        local_rank = claim_gpu(torch.cuda.device_count(), gpu_wait_s)
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
 def use_threads(count: int) -> None:
     """train.num_threads: 0 keeps torch's default (one per core). Set before anything
     describes the device, so run tags and speed files name the threads that trained."""

@@ -40,11 +40,13 @@ def run_epoch(
     include_tail: bool = False,
     desc: str = "",
     epoch: int = 0,
+    quiet: bool = False,
 ) -> EpochResult:
     """One pass over `data` ([batch, len] on the model's device), state carried.
 
     With a `step` it trains (dropout on); without, it only scores. Costs are summed
-    on the device; the host reads them only when the progress bar refreshes.
+    on the device; the host reads them only when the progress bar refreshes. `quiet`: no
+    progress bar (the ranks of a distributed run other than 0).
     """
     training = step is not None
     model.train(training)
@@ -58,7 +60,14 @@ def run_epoch(
     step_costs = torch.zeros(steps, device=device, dtype=torch.float64)
     iters = 0
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=1.0, disable=None)
+    bar = tqdm(
+        total=steps,
+        desc=desc,
+        unit="step",
+        leave=False,
+        mininterval=1.0,
+        disable=True if quiet else None,
+    )
     refresh_every = max(1, steps // 20)
     with torch.set_grad_enabled(training):
         for i, (x, y) in enumerate(iterate_batches(data, num_steps, include_tail)):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+from torch import nn
 
 from .config import ModelConfig
 from .device import autocast
@@ -50,7 +51,7 @@ def clip_by_global_norm(
 
 
 def train_step(
-    model: PTBModel,
+    cost_of: Callable[[torch.Tensor, torch.Tensor, State], tuple[torch.Tensor, State]],
     x: torch.Tensor,
     y: torch.Tensor,
     state: State,
@@ -61,10 +62,12 @@ def train_step(
 ) -> tuple[torch.Tensor, State]:
     """One truncated-BPTT update; returns the (detached) cost and the detached next state.
 
-    Nothing here reads a value back to the host, so a CUDA graph can capture it whole.
+    `cost_of` is `model.cost`, or the model under DistributedDataParallel, whose backward
+    averages the gradients over ranks. Nothing here reads a value back to the host, so a
+    CUDA graph can capture it whole.
     """
     with autocast(x.device, precision):
-        cost, state = model.cost(x, y, state)
+        cost, state = cost_of(x, y, state)
     optimizer.zero_grad(set_to_none=True)
     cost.backward()
     clip_by_global_norm(optimizer, params, max_grad_norm)
@@ -86,21 +89,31 @@ class TrainStep:
 
     EAGER_STEPS = 3
 
-    def __init__(self, model: PTBModel, precision: str = "fp32", cuda_graph: bool = True) -> None:
+    def __init__(
+        self,
+        model: PTBModel,
+        precision: str = "fp32",
+        cuda_graph: bool = True,
+        data_parallel: nn.Module | None = None,
+        rows: int | None = None,
+    ) -> None:
+        """`data_parallel`: the model's cost under DDP (then steps run eagerly); `rows`: the
+        batch rows this process carries (config.batch_size unless the batch is split)."""
         config = model.config
         device = model.softmax.weight.device
         self.model = model
+        self.cost_of = data_parallel or model.cost
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.max_grad_norm = config.max_grad_norm
         self.precision = precision
-        self.graphed = cuda_graph and device.type == "cuda"
+        self.graphed = cuda_graph and device.type == "cuda" and data_parallel is None
         # a tensor lr lives on the device, so a captured step sees set_lr's changes
         self._lr = torch.tensor(config.learning_rate, device=device) if self.graphed else None
         # plain SGD, fused: one kernel updates every parameter, clipping folded in
         self.optimizer = torch.optim.SGD(
             self.params, lr=self._lr if self.graphed else config.learning_rate, fused=True
         )
-        self.state: State = model.zero_state(config.batch_size, device)
+        self.state: State = model.zero_state(rows or config.batch_size, device)
         self._eager_steps = 0
         self._graph: torch.cuda.CUDAGraph | None = None
 
@@ -131,7 +144,7 @@ class TrainStep:
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """train_step, with the next state copied into the carried-state buffers."""
         cost, state = train_step(
-            self.model,
+            self.cost_of,
             x,
             y,
             self.state,

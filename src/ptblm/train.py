@@ -16,10 +16,22 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import TrainState, load_checkpoint, run_identity, save_checkpoint
-from .config import ModelConfig, TrainParams
+from .config import ModelConfig, TrainParams, require_batch_splits
 from .data import Corpus, batchify, require_vocab_fits, require_windows
 from .device import keep_freed_memory, resolve_device, set_precision, use_threads
-from .epoch import run_epoch
+from .distributed import (
+    SINGLE,
+    World,
+    broadcast,
+    data_parallel,
+    epoch_seed,
+    mean_log_perplexity,
+    rank_rows,
+    share_weights,
+    slowest,
+    summed,
+)
+from .epoch import EpochResult, run_epoch
 from .model import PTBModel
 from .step import TrainStep, learning_rate
 
@@ -58,39 +70,52 @@ def train(
     *,
     code_version: str = "",
     tracking_run_id: str | None = None,
+    device: torch.device | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train `config` for max_max_epoch epochs, resuming from `checkpoint_path` if it fits.
 
     The checkpoint records `tracking_run_id`, so a rerun after a kill logs into the same run.
+    In a distributed run (`world`, see `distributed`) every rank trains its rows of the
+    batch; rank 0 alone reads and writes the checkpoint and hands its state to the others.
     """
     require_vocab_fits(config_name, config.vocab_size, len(corpus.vocab))
+    require_batch_splits(config_name, config.batch_size, world.size)
     for split in ("train", "valid"):
         require_windows(split, corpus.splits[split].numel(), config.batch_size, config.num_steps)
     use_threads(settings.num_threads)
     keep_freed_memory()
-    device = resolve_device(settings.device)
+    device = device or resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     set_precision(settings.precision, device)
     model = PTBModel(config).to(device)
-    step = TrainStep(model, settings.precision, settings.cuda_graphs)
-    optimizer = step.optimizer
-    identity = run_identity(config_name, config, corpus, settings, code_version)
-    state = load_checkpoint(checkpoint_path, identity, model, optimizer) or TrainState()
+    parallel = data_parallel(model, world, device) if world.distributed else None
+    step = TrainStep(
+        model, settings.precision, settings.cuda_graphs, parallel, config.batch_size // world.size
+    )
+    identity = run_identity(config_name, config, corpus, settings, code_version, world.size)
+    state = TrainState()
+    if world.is_main:
+        state = load_checkpoint(checkpoint_path, identity, model, step.optimizer) or state
+    state = broadcast(state, world)
+    share_weights(model, world)  # rank 0's, resumed or not
     resumed_from = state.epoch
-    if resumed_from:
+    if resumed_from and world.is_main:
         tqdm.write(resume_note(config_name, resumed_from, checkpoint_path, device, config))
 
-    train_data = batchify(corpus.splits["train"], config.batch_size).to(device)
-    valid_data = batchify(corpus.splits["valid"], config.batch_size).to(device)
+    train_data = rank_rows(batchify(corpus.splits["train"], config.batch_size), world).to(device)
+    valid_data = rank_rows(batchify(corpus.splits["valid"], config.batch_size), world).to(device)
     epochs = tqdm(
         range(state.epoch + 1, config.max_max_epoch + 1),
         desc=f"train {config_name}",
         unit="epoch",
         initial=state.epoch,
         total=config.max_max_epoch,
-        disable=None,
+        disable=None if world.is_main else True,
     )
     for epoch in epochs:
+        if world.distributed:
+            torch.manual_seed(epoch_seed(settings.seed, epoch, world))
         lr = learning_rate(config, epoch, state.history)
         step.set_lr(lr)
         trained = run_epoch(
@@ -100,6 +125,7 @@ def train(
             step=step,
             desc=f"epoch {epoch} train",
             epoch=epoch,
+            quiet=not world.is_main,
         )
         valid = run_epoch(
             model,
@@ -108,7 +134,9 @@ def train(
             precision=settings.precision,
             desc=f"epoch {epoch} valid",
             epoch=epoch,
+            quiet=not world.is_main,
         )
+        trained, valid = over_ranks(trained, world), over_ranks(valid, world)
         record = {
             "epoch": epoch,
             "lr": lr,
@@ -119,7 +147,11 @@ def train(
         }
         state.history.append(record)
         state.epoch = epoch
-        save_checkpoint(checkpoint_path, identity, model, optimizer, lr, state, tracking_run_id)
+        if not world.is_main:
+            continue
+        save_checkpoint(
+            checkpoint_path, identity, model, step.optimizer, lr, state, tracking_run_id
+        )
         tqdm.write(
             f"epoch {epoch:3d}  lr {lr:.4f}  train ppl {trained.perplexity:8.2f}  "
             f"valid ppl {valid.perplexity:8.2f}  {trained.words_per_sec:9.0f} words/s  "
@@ -138,4 +170,13 @@ def train(
         # every epoch trains the same words, so the overall rate is the harmonic mean
         words_per_sec=statistics.harmonic_mean([r["words_per_sec"] for r in state.history]),
         resumed_from_epoch=resumed_from,
+    )
+
+
+def over_ranks(result: EpochResult, world: World) -> EpochResult:
+    """An epoch over every rank's rows: the whole batch's perplexity, words and seconds."""
+    return EpochResult(
+        mean_log_perplexity(result.perplexity, world),
+        int(summed(result.words, world)),
+        slowest(result.seconds, world),
     )

@@ -34,13 +34,13 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
     """
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
     from ..data import load_corpus
-    from ..device import device_description, resolve_device, set_precision
+    from ..device import device_description, set_precision, training_device
     from ..epoch import evaluate_split
     from ..modelfile import load_model
 
     name = params.model
     corpus = load_corpus(PREPARED_DIR)
-    device = resolve_device(params.train.device)
+    device = training_device(params.train.device, params.train.gpu_wait_s)
     set_precision(params.train.precision, device)
     model = load_model(MODELS_DIR / name / "model.pt", name, params.config, corpus).to(device)
     batch = params.evaluate.batch_size

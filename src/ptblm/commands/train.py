@@ -12,6 +12,7 @@ import click
 
 from .. import tracking
 from ..config import Params, load_params
+from ..errors import TrainingError
 from ..fsutil import write_json, write_text
 from .common import (
     CHECKPOINT_DIR,
@@ -73,7 +74,7 @@ def _log_training(
     tracker.log_model(model_path, PREPARED_DIR / "vocab.txt")
 
 
-def _write_results(params: Params, result: TrainResult, device) -> list[Path]:
+def _write_results(params: Params, result: TrainResult, device, processes: int) -> list[Path]:
     """metrics/<config>/train.json, timings/<config>/speed.json, plots/<config>/{history.csv,
     learning_curve.png}; returns their paths."""
     from ..device import device_description
@@ -100,6 +101,7 @@ def _write_results(params: Params, result: TrainResult, device) -> list[Path]:
             "words_per_sec": round(result.words_per_sec, 1),
             "wall_time_s": round(result.wall_time_s, 2),
             "device": device_description(device),
+            "processes": processes,
             "precision": params.train.precision,
             "epochs": [
                 {k: r[k] for k in ("epoch", "words_per_sec", "epoch_time_s")}
@@ -120,34 +122,71 @@ def _write_results(params: Params, result: TrainResult, device) -> list[Path]:
 def train_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
     """Train the selected config; resumes from its last checkpoint if interrupted.
 
-    A checkpoint is resumed only by the same config, seed, precision, data and code; the
-    rerun logs into the same MLflow run. Resuming is exact on CPU; on CUDA it is equivalent
-    in distribution (cuDNN's dropout RNG is not in the checkpoint).
+    A checkpoint is resumed only by the same config, seed, precision, data, code and number
+    of processes; the rerun logs into the same MLflow run. Resuming is exact on CPU; on CUDA
+    it is equivalent in distribution (cuDNN's dropout RNG is not in the checkpoint).
+
+    On CUDA it takes the first GPU no other ptblm process holds. With train.nproc_per_node
+    > 1 it runs itself under torchrun; under torchrun (`torchrun -m ptblm train`) it is one
+    rank of a DistributedDataParallel run, and rank 0 alone writes files and MLflow data.
     """
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
+    from ..distributed import world_from_env
+
+    world = world_from_env()
+    if params.train.nproc_per_node > 1 and not world.distributed:
+        args = ["train", "--params", str(params_path)]
+        args += ["--model", model_name] if model_name else []
+        args += [] if tracking_on is None else ["--tracking" if tracking_on else "--no-tracking"]
+        from ..launch import run_under_torchrun
+
+        status = run_under_torchrun(params.train.nproc_per_node, params.train.max_restarts, args)
+        if status:
+            raise TrainingError(
+                f"torchrun exited with status {status}; see the ranks' errors above"
+            )
+        return
+
+    from .. import distributed
+    from ..device import training_device
+
+    device = training_device(
+        params.train.device,
+        params.train.gpu_wait_s,
+        world.local_rank if world.distributed else None,
+    )
+    distributed.start(world, device)
+    try:
+        _train(params, world, device, tracking_on)
+    finally:
+        distributed.stop()
+
+
+def _train(params: Params, world, device, tracking_on: bool | None) -> None:
+    """One process's training: in a distributed run, rank 0 alone tracks and writes."""
     from ..checkpoint import checkpoint_run_id, run_identity
     from ..codedeps import code_version
     from ..data import load_corpus
-    from ..device import device_description, resolve_device, set_precision, use_threads
+    from ..device import device_description, set_precision, use_threads
     from ..modelfile import save_model
     from ..train import train
 
     name, config = params.model, params.config
     corpus = load_corpus(PREPARED_DIR)
-    device = resolve_device(params.train.device)
     use_threads(params.train.num_threads)  # before the run tags describe the device
     set_precision(params.train.precision, device)  # fails before a tracking run is opened
     code = code_version(Path(__file__))
     checkpoint = CHECKPOINT_DIR / name / "last.pt"
     enabled = params.tracking.enabled if tracking_on is None else tracking_on
-    if enabled:
-        identity = run_identity(name, config, corpus, params.train, code)
+    if enabled and world.is_main:
+        identity = run_identity(name, config, corpus, params.train, code, world.size)
         previous = checkpoint_run_id(checkpoint, identity)
         tracker = tracking.open_tracker(params.tracking, tracking.run_name(name), previous)
     else:
         tracker = tracking.NullTracker()
     try:
-        tracker.set_tags(tracking.run_tags(name, device.type, device_description(device)))
+        tags = tracking.run_tags(name, device.type, device_description(device))
+        tracker.set_tags({**tags, "processes": world.size})
         tracker.log_params(run_params(params))
         result = train(
             name,
@@ -158,9 +197,13 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
             on_epoch=tracker.log_epoch,
             code_version=code,
             tracking_run_id=tracker.run_id,
+            device=device,
+            world=world,
         )
+        if not world.is_main:
+            return
         save_model(MODELS_DIR / name / "model.pt", result.model, name, corpus)
-        files = _write_results(params, result, device)
+        files = _write_results(params, result, device, world.size)
         _log_training(tracker, result, files, MODELS_DIR / name / "model.pt")
         tracker.write_run_file(MODELS_DIR / name / RUN_FILE)
     except BaseException:

@@ -1,0 +1,43 @@
+"""`train.nproc_per_node > 1`: the train stage runs itself under torchrun, on this machine.
+
+torchrun (`python -m torch.distributed.run`) starts the processes, restarts the group on
+a failure (`train.max_restarts`; every rank resumes from the checkpoint) and ends them all
+when one fails. Several machines: run torchrun by hand (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ptblm
+
+
+def torchrun_command(nproc: int, max_restarts: int, args: list[str]) -> list[str]:
+    """`python -m torch.distributed.run --standalone ... -m ptblm <args>`."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        f"--max-restarts={max_restarts}",
+        "-m",
+        "ptblm",
+        *args,
+    ]
+
+
+def run_under_torchrun(nproc: int, max_restarts: int, args: list[str]) -> int:
+    """Run `ptblm <args>` as `nproc` processes; returns torchrun's exit status.
+
+    The workers import ptblm from where this process did (a DVC experiment's own copy, not
+    an installed one), and share the cores (torchrun would set one thread each, loudly).
+    """
+    env = dict(os.environ)
+    source = str(Path(ptblm.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.run(torchrun_command(nproc, max_restarts, args), env=env).returncode
