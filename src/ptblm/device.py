@@ -26,6 +26,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def require_gpus(device: torch.device, processes: int) -> None:
+    """A run over `processes` processes on CUDA needs a GPU for each (train.nproc_per_node)."""
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise TrainingError(
+            f"params: train.nproc_per_node = {processes} but {torch.cuda.device_count()} GPUs "
+            "are visible; lower it, or set train.device to cpu for gloo processes"
+        )
+
+
 def training_device(name: str, gpu_wait_s: float, local_rank: int | None = None) -> torch.device:
     """The device a train or evaluate process computes on. On CUDA: under torchrun its local
     rank's GPU; otherwise the first GPU no other ptblm process holds (`gpu_lock`), so a

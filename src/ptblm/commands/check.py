@@ -46,9 +46,11 @@ def check_command(params_path: Path, model_name: str | None) -> None:
         require_windows(split, tokens[split], config.batch_size, config.num_steps)
     for split in ("test", "valid"):
         require_rows(split, tokens[split], params.evaluate.batch_size)
-    from ..device import resolve_device, set_precision  # torch: only once the rest is fine
+    from ..device import require_gpus, resolve_device, set_precision  # torch: only now
 
-    set_precision(params.train.precision, resolve_device(params.train.device))
+    device = resolve_device(params.train.device)
+    set_precision(params.train.precision, device)
+    require_gpus(device, params.train.nproc_per_node)
     write_json(
         CHECKED_DIR / f"{name}.json",
         {"model": name, "config": asdict(config), "train": asdict(params.train)},
