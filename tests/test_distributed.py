@@ -113,8 +113,8 @@ def test_two_process_pipeline_run_scores_as_one_process(project: Path, shared_ar
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from ptblm.gpu_lock import claim_gpu
-    print(claim_gpu(int(sys.argv[1]), float(sys.argv[2])), flush=True)
+    from ptblm.gpu_lock import claim_gpus
+    print(claim_gpus(int(sys.argv[1]), 1, float(sys.argv[2]))[0], flush=True)
     time.sleep(600)
     """
 )
@@ -172,7 +172,7 @@ def test_each_process_takes_a_gpu_of_its_own_and_a_killed_one_frees_it(holders) 
     busy = group.start(wait_s=0.5)
     _, err = busy.communicate(timeout=60)
     assert busy.returncode != 0
-    assert "all 2 GPUs (0, 1) stayed taken by other ptblm processes for 0.5 s" in err
+    assert "1 of the 2 GPUs (0, 1) did not come free of other ptblm processes in 0.5 s" in err
     assert "train.gpu_wait_s" in err
 
     waiting = group.start(wait_s=120)  # waits, says so, and gets the GPU a kill -9 frees
@@ -192,3 +192,24 @@ def test_gpus_are_locked_by_their_driver_names_under_cuda_visible_devices(holder
     assert busy.wait(timeout=60) != 0  # GPU 3 is taken, whatever index it has here
     _, other = holders(2, CUDA_VISIBLE_DEVICES="1,3").claim()
     assert other == 0  # its device 0 is GPU 1, still free
+
+
+def test_a_run_over_two_gpus_waits_holding_none_until_both_are_free(holders) -> None:
+    """A launcher needing both GPUs while one is taken holds neither in the meantime (two
+    such launchers could otherwise keep one each forever)."""
+    group = holders(2)
+    first, index = group.claim()
+    code = "from ptblm.gpu_lock import claim_gpus; print(claim_gpus(2, 2, 60))"
+    both = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=group.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)
+    assert both.poll() is None
+    second, other = group.claim()  # the GPU `both` is waiting for was not kept from others
+    assert other == 1 - index
+    for holder in (first, second):
+        os.kill(holder.pid, signal.SIGKILL)
+    out, err = both.communicate(timeout=60)
+    assert out.strip() == "[0, 1]", err
+    assert "2 of the 2 GPUs are not free" in err

@@ -35,17 +35,30 @@ def require_gpus(device: torch.device, processes: int) -> None:
         )
 
 
+def gpus_for_ranks(name: str, processes: int, gpu_wait_s: float) -> str | None:
+    """For a launcher of `processes` CUDA ranks: lock that many free GPUs and return them as
+    CUDA_VISIBLE_DEVICES for the ranks (None on CPU)."""
+    if resolve_device(name).type != "cuda":
+        return None
+    from .gpu_lock import claim_gpus, gpu_names
+
+    count = torch.cuda.device_count()
+    require_gpus(torch.device("cuda"), processes)
+    names = gpu_names(count)
+    return ",".join(names[i] for i in claim_gpus(count, processes, gpu_wait_s))
+
+
 def training_device(name: str, gpu_wait_s: float, local_rank: int | None = None) -> torch.device:
     """The device a train or evaluate process computes on. On CUDA: under torchrun its local
-    rank's GPU; otherwise the first GPU no other ptblm process holds (`gpu_lock`), so a
-    queue started with -j N runs on N GPUs at once."""
+    rank's GPU (among those the launcher locked, `launch`); otherwise the first GPU no other
+    ptblm process holds (`gpu_lock`), so a queue started with -j N runs on N GPUs at once."""
     device = resolve_device(name)
     if device.type != "cuda":
         return device
     if local_rank is None:
-        from .gpu_lock import claim_gpu
+        from .gpu_lock import claim_gpus
 
-        local_rank = claim_gpu(torch.cuda.device_count(), gpu_wait_s)
+        (local_rank,) = claim_gpus(torch.cuda.device_count(), 1, gpu_wait_s)
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 

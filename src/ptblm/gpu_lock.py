@@ -48,11 +48,12 @@ def gpu_names(count: int) -> list[str]:
     return [name.strip() for name in visible.split(",") if name.strip()][:count]
 
 
-def claim_gpu(count: int, wait_s: float) -> int:
-    """Lock the first free one of `count` visible GPUs and return its (visible) index.
+def claim_gpus(count: int, wanted: int, wait_s: float) -> list[int]:
+    """Lock `wanted` free GPUs of the `count` visible ones; returns their (visible) indexes.
 
-    With every GPU taken, say so on stderr and poll until one frees, for `wait_s` seconds at
-    most (then GpuBusyError). The lock is held until this process exits.
+    While fewer are free, hold none (so two waiting runs cannot each keep half of what the
+    other needs), say so on stderr and poll, for `wait_s` seconds at most (then
+    GpuBusyError). The locks are held until this process exits.
     """
     names = gpu_names(count)
     if not names:
@@ -61,19 +62,23 @@ def claim_gpu(count: int, wait_s: float) -> int:
     deadline = time.monotonic() + wait_s
     said = False
     while True:
+        taken: list[int] = []
         for index, name in enumerate(names):
-            if _try_lock(folder / f"gpu-{name}.lock"):
-                return index
+            if len(taken) < wanted and _try_lock(folder / f"gpu-{name}.lock"):
+                taken.append(index)
+        if len(taken) == wanted:
+            return taken
+        _release(len(taken))
         if time.monotonic() >= deadline:
             raise GpuBusyError(
-                f"all {len(names)} GPUs ({', '.join(names)}) stayed taken by other ptblm "
-                f"processes for {wait_s:g} s (train.gpu_wait_s); raise it, or run fewer "
-                "experiments at once (dvc queue start -j)"
+                f"{wanted} of the {len(names)} GPUs ({', '.join(names)}) did not come free "
+                f"of other ptblm processes in {wait_s:g} s (train.gpu_wait_s); raise it, or "
+                "run fewer experiments at once (dvc queue start -j)"
             )
         if not said:
             print(
-                f"all {len(names)} GPUs are taken by other ptblm processes; waiting up to "
-                f"{wait_s:g} s (train.gpu_wait_s) for one",
+                f"{wanted} of the {len(names)} GPUs are not free of other ptblm processes; "
+                f"waiting up to {wait_s:g} s (train.gpu_wait_s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -95,3 +100,9 @@ def _try_lock(path: Path) -> bool:
     handle.flush()
     _held.append(handle)
     return True
+
+
+def _release(latest: int) -> None:
+    """Give back the `latest` locks taken."""
+    for _ in range(latest):
+        _held.pop().close()

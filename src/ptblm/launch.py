@@ -30,13 +30,18 @@ def torchrun_command(nproc: int, max_restarts: int, args: list[str]) -> list[str
     ]
 
 
-def run_under_torchrun(nproc: int, max_restarts: int, args: list[str]) -> int:
+def run_under_torchrun(
+    nproc: int, max_restarts: int, args: list[str], gpus: str | None = None
+) -> int:
     """Run `ptblm <args>` as `nproc` processes; returns torchrun's exit status.
 
     The workers import ptblm from where this process did (a DVC experiment's own copy, not
     an installed one), and share the cores (torchrun would set one thread each, loudly).
+    `gpus`: the GPUs this process locked for them (as CUDA_VISIBLE_DEVICES).
     """
     env = dict(os.environ)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
     source = str(Path(ptblm.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

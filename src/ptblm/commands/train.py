@@ -127,8 +127,9 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
     it is equivalent in distribution (cuDNN's dropout RNG is not in the checkpoint).
 
     On CUDA it takes the first GPU no other ptblm process holds. With train.nproc_per_node
-    > 1 it runs itself under torchrun; under torchrun (`torchrun -m ptblm train`) it is one
-    rank of a DistributedDataParallel run, and rank 0 alone writes files and MLflow data.
+    > 1 it runs itself under torchrun (on CUDA, on that many free GPUs); under torchrun
+    (`torchrun -m ptblm train`) it is one rank of a DistributedDataParallel run, and rank 0
+    alone writes files and MLflow data.
     """
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
     from ..distributed import world_from_env
@@ -138,9 +139,12 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
         args = ["train", "--params", str(params_path)]
         args += ["--model", model_name] if model_name else []
         args += [] if tracking_on is None else ["--tracking" if tracking_on else "--no-tracking"]
+        from ..device import gpus_for_ranks
         from ..launch import run_under_torchrun
 
-        status = run_under_torchrun(params.train.nproc_per_node, params.train.max_restarts, args)
+        settings = params.train
+        gpus = gpus_for_ranks(settings.device, settings.nproc_per_node, settings.gpu_wait_s)
+        status = run_under_torchrun(settings.nproc_per_node, settings.max_restarts, args, gpus)
         if status:
             raise TrainingError(
                 f"torchrun exited with status {status}; see the ranks' errors above"
