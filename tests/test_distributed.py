@@ -98,7 +98,7 @@ def test_two_process_pipeline_run_scores_as_one_process(project: Path, shared_ar
     env = tool_env(project, PTBLM_DATA_SOURCE=str(shared_archive))
     perplexities = {}
     for nproc in (1, 2):
-        overrides = ("models.test.num_steps=35", "tracking.enabled=false")
+        overrides = ("models.test.num_steps=35", "tracking.enabled=false", "train.num_threads=1")
         overrides += (f"train.nproc_per_node={nproc}",)
         dvc(project, "exp", "run", *(a for o in overrides for a in ("-S", o)), env=env)
         speed = json.loads((project / "timings" / "test" / "speed.json").read_text())
