@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,32 @@ def test_a_rank_killed_with_kill_9_restarts_the_group_from_the_checkpoint(tmp_pa
     history = store.get_metric_history(run.info.run_id, "valid_perplexity")
     assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # each epoch once
     assert json.loads((root / "metrics" / "tiny" / "train.json").read_text())["epochs"] == epochs
+
+
+def test_killing_the_train_stage_ends_its_ranks_and_the_rerun_resumes_exactly(tmp_path):
+    """kill -9 of the stage (not of torchrun): no rank goes on without it; the rerun resumes
+    from rank 0's checkpoint and, dropout on, ends where an uninterrupted 2-process run does."""
+    roots = {}
+    for name in ("straight", "killed"):
+        roots[name] = tiny_project(tmp_path / name, 4)
+        params = yaml.safe_load((roots[name] / "params.yaml").read_text())
+        params["train"].update(nproc_per_node=2)
+        (roots[name] / "params.yaml").write_text(yaml.safe_dump(params))
+    run = functools.partial(subprocess.run, train_cmd(), env=tool_env(), check=True, text=True)
+    run(cwd=roots["straight"], capture_output=True, timeout=600)
+    proc = subprocess.Popen(train_cmd(), cwd=roots["killed"], env=tool_env())
+    wait_for_epoch(proc, roots["killed"] / "checkpoints" / "tiny" / "last.pt")
+    ranks = _grandchildren(proc.pid)
+    assert len(ranks) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for pid in ranks:  # torchrun got SIGTERM with its parent and stopped them
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists(), f"rank {pid} outlived the killed stage"
+    rerun = run(cwd=roots["killed"], capture_output=True, timeout=600)
+    assert "resuming tiny after epoch" in rerun.stdout + rerun.stderr
+    straight, killed = (_finished_outputs(roots[name]) for name in ("straight", "killed"))
+    assert killed == straight

@@ -7,7 +7,10 @@ when one fails. Several machines: run torchrun by hand (docs/scale-out.md).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,4 +48,15 @@ def run_under_torchrun(
     source = str(Path(ptblm.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(torchrun_command(nproc, max_restarts, args), env=env).returncode
+    command = torchrun_command(nproc, max_restarts, args)
+    return subprocess.run(command, env=env, preexec_fn=_end_with_parent).returncode
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent() -> None:
+    """In torchrun's process: SIGTERM it (and so its workers) when this process dies, even by
+    kill -9, so killing a train stage never leaves a run going on without it (Linux)."""
+    with contextlib.suppress(OSError):  # no glibc: no such guard
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
