@@ -46,8 +46,9 @@ def test_each_stage_script_has_help(tmp_path: Path, stage: str, options: list[st
 
 
 def test_unknown_command_fails(tmp_path: Path) -> None:
+    """Through `python -m ptblm`, as torchrun starts it."""
     result = run(
-        [sys.executable, "-m", "ptblm.cli", "frobnicate"],
+        [sys.executable, "-m", "ptblm", "frobnicate"],
         cwd=tmp_path,
         env=tool_env(PROJECT_ROOT),
         check=False,
