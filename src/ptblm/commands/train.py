@@ -29,6 +29,9 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..distributed import World
     from ..train import TrainResult
 
 
@@ -136,19 +139,7 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
 
     world = world_from_env()
     if params.train.nproc_per_node > 1 and not world.distributed:
-        args = ["train", "--params", str(params_path)]
-        args += ["--model", model_name] if model_name else []
-        args += [] if tracking_on is None else ["--tracking" if tracking_on else "--no-tracking"]
-        from ..device import gpus_for_ranks
-        from ..launch import run_under_torchrun
-
-        settings = params.train
-        gpus = gpus_for_ranks(settings.device, settings.nproc_per_node, settings.gpu_wait_s)
-        status = run_under_torchrun(settings.nproc_per_node, settings.max_restarts, args, gpus)
-        if status:
-            raise TrainingError(
-                f"torchrun exited with status {status}; see the ranks' errors above"
-            )
+        _launch(params, params_path, model_name, tracking_on)
         return
 
     from .. import distributed
@@ -166,7 +157,25 @@ def train_command(params_path: Path, model_name: str | None, tracking_on: bool |
         distributed.stop()
 
 
-def _train(params: Params, world, device, tracking_on: bool | None) -> None:
+def _launch(
+    params: Params, params_path: Path, model_name: str | None, tracking_on: bool | None
+) -> None:
+    """This command again as train.nproc_per_node ranks under torchrun (on CUDA, on as many
+    GPUs, locked here for as long as the ranks run)."""
+    from ..device import gpus_for_ranks
+    from ..launch import run_under_torchrun
+
+    args = ["train", "--params", str(params_path)]
+    args += ["--model", model_name] if model_name else []
+    args += [] if tracking_on is None else ["--tracking" if tracking_on else "--no-tracking"]
+    settings = params.train
+    gpus = gpus_for_ranks(settings.device, settings.nproc_per_node, settings.gpu_wait_s)
+    status = run_under_torchrun(settings.nproc_per_node, settings.max_restarts, args, gpus)
+    if status:
+        raise TrainingError(f"torchrun exited with status {status}; see the ranks' errors above")
+
+
+def _train(params: Params, world: World, device: torch.device, tracking_on: bool | None) -> None:
     """One process's training: in a distributed run, rank 0 alone tracks and writes."""
     from ..checkpoint import checkpoint_run_id, run_identity
     from ..codedeps import code_version
