@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import dvc, run, tool_env
+from conftest import dvc, git, run, tool_env
 
 from ptblm.config import TrackingParams
 from ptblm.tracking import (
@@ -224,25 +224,109 @@ def mlflow_server(tmp_path: Path):
         log.close()
 
 
+def clone(origin: Path, dest: Path) -> Path:
+    """A fresh clone of `origin`, as another machine would make it, with a test identity."""
+    run(["git", "clone", "-q", str(origin), str(dest)], origin.parent)
+    git(dest, "config", "user.email", "tests@ptb-lm.invalid")
+    git(dest, "config", "user.name", "ptb-lm tests")
+    return dest
+
+
+def wait_for_queue(repo: Path, env: dict[str, str], *names: str) -> None:
+    """Wait until `dvc queue start`'s worker has run the queued experiments `names`; fail with
+    their logs unless every one succeeded."""
+    deadline = time.monotonic() + 600
+    while True:
+        status = dvc(repo, "queue", "status", env=env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    if status.count("Success") != len(names):
+        logs = [dvc(repo, "queue", "logs", name, env=env, check=False) for name in names]
+        raise AssertionError("\n".join([status, *(log.stdout + log.stderr for log in logs)]))
+
+
+def exp_show_perplexities(repo: Path) -> dict[str, float]:
+    """{experiment name: test perplexity} of the experiments `dvc exp show --json` lists."""
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                metrics = rev["data"]["metrics"]["metrics/test/eval.json"]["data"]
+                found[rev["name"]] = metrics["test_perplexity"]
+    return found
+
+
 @pytest.mark.e2e
-def test_experiment_run_lands_on_tracking_server(
-    project: Path, shared_archive: Path, mlflow_server: str
+def test_two_machines_share_one_server_and_exchange_experiments_through_git(
+    project: Path, shared_archive: Path, mlflow_server: str, tmp_path: Path
 ) -> None:
+    """docs/scale-out.md, "Several machines": two clones of one git remote ("machines" A and
+    B) each run an experiment, A through its queue, against one `mlflow server`; both runs
+    land in one MLflow experiment, and `dvc exp push` / `dvc exp pull` through a bare git
+    repo and a DVC remote on disk bring both results, metrics and model, to a third clone."""
     select_test_model(project)
-    env = tool_env(
-        project, PTBLM_DATA_SOURCE=str(shared_archive), MLFLOW_TRACKING_URI=mlflow_server
-    )
-    dvc(project, "exp", "run", "-n", "on-server", *FAST, env=env)
-    (found,) = runs_of(mlflow_server)
-    assert found.info.run_name == "on-server"
-    assert found.data.tags["dvc_exp_name"] == "on-server"
-    assert "dvc_baseline_rev" in found.data.tags
-    assert found.data.params["num_steps"] == "35"
-    assert found.data.metrics["test_perplexity"] > 1
-    assert "learning_curve.png" in {
-        a.path for a in client(mlflow_server).list_artifacts(found.info.run_id)
-    }
-    assert not (project / "mlflow.db").exists()
+    storage, origin = tmp_path / "dvc-storage", tmp_path / "origin.git"
+    dvc(project, "remote", "add", "-d", "storage", str(storage))
+    git(project, "commit", "-qam", "a DVC remote every clone shares")
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    git(project, "push", "-q", str(origin), "main")
+    machine_a, machine_b = clone(origin, tmp_path / "a"), clone(origin, tmp_path / "b")
+
+    def env(repo: Path) -> dict[str, str]:
+        # one torch thread in train and evaluate: CI has 2 cores, and on a busy machine
+        # torch's default of one thread per core made the evaluate stage 3.6 times slower
+        return tool_env(
+            repo,
+            PTBLM_DATA_SOURCE=str(shared_archive),
+            MLFLOW_TRACKING_URI=mlflow_server,
+            OMP_NUM_THREADS="1",
+        )
+
+    # one after the other (2 cores); seeds differ, so each machine's perplexity is its own
+    dvc(machine_a, "exp", "run", "--queue", "-n", "machine-a", *FAST, "-S", "train.seed=1",
+        env=env(machine_a))  # fmt: skip
+    # returns only when the worker it spawns exits, its output pipes closed, ~10 s after the
+    # queue empties; wait_for_queue then reads the outcome
+    dvc(machine_a, "queue", "start", env=env(machine_a))
+    wait_for_queue(machine_a, env(machine_a), "machine-a")
+    dvc(machine_b, "exp", "run", "-n", "machine-b", *FAST, "-S", "train.seed=2",
+        env=env(machine_b))  # fmt: skip
+
+    found = {r.info.run_name: r for r in runs_of(mlflow_server)}
+    assert sorted(found) == ["machine-a", "machine-b"]  # one experiment: ptb-lm, both runs
+    assert len({r.info.experiment_id for r in found.values()}) == 1
+    for name, r in found.items():
+        assert r.data.tags["dvc_exp_name"] == name
+        assert r.data.params["num_steps"] == "35"
+        assert r.data.metrics["test_perplexity"] > 1
+        assert "learning_curve.png" in {
+            a.path for a in client(mlflow_server).list_artifacts(r.info.run_id)
+        }
+    baseline = git(project, "rev-parse", "HEAD").strip()
+    assert {r.data.tags["dvc_baseline_rev"] for r in found.values()} == {baseline}
+    for repo in (machine_a, machine_b):
+        assert not (repo / "mlflow.db").exists()  # the server's, not a store of its own
+
+    # results come back through git (metrics) and the DVC remote (models)
+    dvc(machine_a, "exp", "push", "origin", "machine-a", env=env(machine_a))
+    dvc(machine_b, "exp", "push", "origin", "machine-b", env=env(machine_b))
+    elsewhere = clone(origin, tmp_path / "c")
+    listed = dvc(elsewhere, "exp", "list", "origin", "--name-only", env=env(elsewhere)).stdout
+    assert sorted(listed.split()) == ["machine-a", "machine-b"]
+    assert exp_show_perplexities(elsewhere) == {}
+    dvc(elsewhere, "exp", "pull", "origin", "machine-a", "machine-b", env=env(elsewhere))
+    shown = exp_show_perplexities(elsewhere)
+    assert sorted(shown) == ["machine-a", "machine-b"]
+    assert shown["machine-a"] != pytest.approx(shown["machine-b"], abs=1e-3)
+    for name, perplexity in shown.items():
+        assert perplexity == pytest.approx(found[name].data.metrics["test_perplexity"], abs=1e-3)
+    dvc(elsewhere, "exp", "apply", "machine-b", env=env(elsewhere))
+    run_file = json.loads((elsewhere / "models/test/mlflow_run.json").read_text())
+    assert run_file["run_id"] == found["machine-b"].info.run_id
+    assert (elsewhere / "models/test/model.pt").stat().st_size > 0
 
 
 # --- queued experiments and concurrent writers -----------------------------------------------
