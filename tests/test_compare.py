@@ -124,7 +124,8 @@ def test_missing_store_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, monkeypatch) -> None:
-    """Three seeds of one config, and one run with another hidden size, in a real store."""
+    """Three seeds of one config (one logged after new keys came), one run with another hidden
+    size, in a real store."""
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -142,6 +143,8 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
             mlflow.set_tags({"config": "small", "device_name": "cpu (2 threads)"})
             mlflow.log_params({"config": "small", "hidden_size": hidden, "train.seed": seed,
                                "num_layers": 2})  # fmt: skip
+            if seed == 3:  # logged after these keys came: their defaults, as the others had
+                mlflow.log_params({"cell": "lstm", "train.nproc_per_node": 1})
             for epoch, factor in ((1, 2.0), (2, 1.0)):  # the latest epoch is the final value
                 mlflow.log_metrics(
                     {"train_perplexity": train * factor, "valid_perplexity": valid * factor},

@@ -11,6 +11,7 @@ them: n, mean and sample standard deviation of their perplexities.
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pandas as pd
@@ -149,10 +150,24 @@ def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
     params = pd.DataFrame(
         {c.removeprefix("params."): runs[c] for c in runs.columns if c.startswith("params.")},
         index=runs.index,
-    ).fillna("")
+    )
+    for key, default in param_defaults().items():  # a run logged before the key existed
+        if key in params:
+            params[key] = params[key].fillna(default)
+    params = params.fillna("")
     varying = [k for k in params if k != "config" and params[k].nunique() > 1]
     table = pd.concat([table, params[varying]], axis=1).reset_index(drop=True)
     return with_seed_groups(table, params.reset_index(drop=True))
+
+
+def param_defaults() -> dict[str, str]:
+    """Each logged param's value when params.yaml does not name it (as MLflow logs it): a run
+    from before a key existed computed with that value, so it groups with runs that name it."""
+    from .config import ModelConfig, TrainParams
+
+    defaults = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}
+    defaults |= {f"train.{f.name}": f.default for f in fields(TrainParams)}
+    return {key: str(value) for key, value in defaults.items()}
 
 
 def with_seed_groups(table: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
