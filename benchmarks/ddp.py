@@ -30,7 +30,7 @@ from ptblm.config import load_params, require_batch_splits
 from ptblm.data import batchify
 from ptblm.device import training_device
 from ptblm.distributed import data_parallel, rank_rows, slowest, start, stop, world_from_env
-from ptblm.launch import torchrun_command
+from ptblm.launch import threads_per_process, torchrun_command
 from ptblm.model import PTBModel
 from ptblm.step import TrainStep
 from report import environment
@@ -91,10 +91,10 @@ def measure(nproc: int, args: list[str], device: str) -> dict:
     """One round at `nproc` processes: torchrun, the cores shared out, rank 0's figures."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = torchrun_command(nproc, 0, [])[:-2] + [__file__, "--worker", str(out), *args]
+        cmd = torchrun_command(nproc, 0, [__file__, "--worker", str(out), *args])
         env = dict(os.environ)
         if device == "cpu":
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+            env["OMP_NUM_THREADS"] = str(threads_per_process(nproc))
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 

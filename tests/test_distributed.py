@@ -64,9 +64,8 @@ def test_two_gloo_ranks_make_the_update_of_one_process_with_the_whole_batch(tmp_
             check=True,
             timeout=300,
         )
-    launcher = torchrun_command(2, 0, [])[:-2]  # torchrun, then the script instead of -m ptblm
     subprocess.run(
-        [*launcher, str(script), str(weights["split"]), "12"],
+        torchrun_command(2, 0, [str(script), str(weights["split"]), "12"]),
         env=tool_env(OMP_NUM_THREADS="1"),
         check=True,
         capture_output=True,

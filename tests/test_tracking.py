@@ -343,15 +343,10 @@ def test_queued_experiments_land_in_root_store(project: Path, shared_archive: Pa
         dvc(project, "exp", "run", "--queue", "-n", f"seed-{seed}", *FAST, "-S",
             f"train.seed={seed}", env=env)  # fmt: skip
     dvc(project, "queue", "start", env=env)
-    deadline = time.monotonic() + 600
-    while True:
-        status = dvc(project, "queue", "status", env=env).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(5)
-    dvc(project, "queue", "stop", "--kill", env=env, check=False)
-    assert status.count("Success") == 2, status
+    try:
+        wait_for_queue(project, env, "seed-1", "seed-2")
+    finally:
+        dvc(project, "queue", "stop", "--kill", env=env, check=False)
     uri = f"sqlite:///{project / 'mlflow.db'}"
     found = runs_of(uri)
     assert sorted(r.info.run_name for r in found) == ["seed-1", "seed-2"]

@@ -64,7 +64,7 @@ def start(world: World, device: torch.device) -> None:
             rank=world.rank,
             world_size=world.size,
             timeout=COLLECTIVE_TIMEOUT,
-            device_id=_device_id(device),
+            device_id=device if device.type == "cuda" else None,
         )
 
 
@@ -83,10 +83,6 @@ def _attempt_store(world: World) -> dist.Store | None:
     )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"ptblm/attempt-{attempt}/", store)
-
-
-def _device_id(device: torch.device) -> torch.device | None:
-    return device if device.type == "cuda" else None
 
 
 def stop() -> None:

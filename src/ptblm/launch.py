@@ -18,8 +18,9 @@ from pathlib import Path
 import ptblm
 
 
-def torchrun_command(nproc: int, max_restarts: int, args: list[str]) -> list[str]:
-    """`python -m torch.distributed.run --standalone ... -m ptblm <args>`."""
+def torchrun_command(nproc: int, max_restarts: int, program: list[str]) -> list[str]:
+    """`python -m torch.distributed.run --standalone ... <program>` (a script and its
+    arguments, or `-m ptblm ...`)."""
     return [
         sys.executable,
         "-m",
@@ -27,10 +28,13 @@ def torchrun_command(nproc: int, max_restarts: int, args: list[str]) -> list[str
         "--standalone",
         f"--nproc-per-node={nproc}",
         f"--max-restarts={max_restarts}",
-        "-m",
-        "ptblm",
-        *args,
+        *program,
     ]
+
+
+def threads_per_process(nproc: int) -> int:
+    """The machine's cores shared out among `nproc` processes."""
+    return max(1, (os.cpu_count() or 1) // nproc)
 
 
 def run_under_torchrun(
@@ -47,8 +51,8 @@ def run_under_torchrun(
         env["CUDA_VISIBLE_DEVICES"] = gpus
     source = str(Path(ptblm.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = torchrun_command(nproc, max_restarts, args)
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
+    command = torchrun_command(nproc, max_restarts, ["-m", "ptblm", *args])
     return subprocess.run(command, env=env, preexec_fn=_end_with_parent).returncode
 
 
