@@ -19,12 +19,15 @@ from conftest import dvc, tool_env
 from ptblm.config import ConfigError, load_params
 from ptblm.launch import torchrun_command
 
-# k steps of a 2-layer model, dropout off, a clip that bites; rank 0 (or the single process)
-# saves the weights. Run plainly it is one process with the whole batch.
+# k steps of a 2-layer model, dropout off, a clip that never bites (a biting clip makes every
+# update max_grad_norm * g / |g|, blind to the gradient's scale: a rank that summed instead of
+# averaged would pass); rank 0 (or the single process) saves the weights and the pre-clip
+# global norms of every step. Run plainly it is one process with the whole batch.
 STEPS = textwrap.dedent(
     """
     import sys
     import torch
+    import ptblm.step
     from ptblm.config import ModelConfig
     from ptblm.data import batchify, iterate_batches
     from ptblm.distributed import data_parallel, rank_rows, start, stop, world_from_env
@@ -32,10 +35,18 @@ STEPS = textwrap.dedent(
     from ptblm.step import TrainStep
 
     config = ModelConfig(
-        init_scale=0.1, learning_rate=1.0, max_grad_norm=0.5, num_layers=2, num_steps=5,
+        init_scale=0.1, learning_rate=1.0, max_grad_norm=100.0, num_layers=2, num_steps=5,
         hidden_size=16, max_epoch=1, max_max_epoch=1, keep_prob=1.0, lr_decay=0.5,
         batch_size=8, vocab_size=50,
     )
+    norms, clip = [], ptblm.step.clip_by_global_norm
+
+    def recording_clip(optimizer, params, max_norm):
+        norm = clip(optimizer, params, max_norm)
+        norms.append(norm.item())  # after DDP's all-reduce: the global gradient's norm
+        return norm
+
+    ptblm.step.clip_by_global_norm = recording_clip
     world, device = world_from_env(), torch.device("cpu")
     start(world, device)
     torch.manual_seed(0)
@@ -47,7 +58,7 @@ STEPS = textwrap.dedent(
     for _, (x, y) in zip(range(int(sys.argv[2])), windows):
         step(x, y)
     if world.is_main:
-        torch.save(model.state_dict(), sys.argv[1])
+        torch.save({"weights": model.state_dict(), "norms": norms}, sys.argv[1])
     stop()
     """
 )
@@ -72,9 +83,20 @@ def test_two_gloo_ranks_make_the_update_of_one_process_with_the_whole_batch(tmp_
         timeout=300,
     )
     init, one, two = (torch.load(weights[name]) for name in ("init", "single", "split"))
-    for name, value in one.items():
-        assert not torch.equal(value, init[name]), f"{name} never trained"
-        torch.testing.assert_close(two[name], value, rtol=0, atol=1e-5, msg=name)
+    print("pre-clip global norms, one process:", one["norms"], "two ranks:", two["norms"])
+    assert len(one["norms"]) == len(two["norms"]) == 12
+    # the clip (the script's max_grad_norm) never bit, so each update is lr * g: its scale counts
+    assert max(one["norms"] + two["norms"]) < 100.0
+    torch.testing.assert_close(two["norms"], one["norms"], rtol=1e-5, atol=0)
+    # the runs differ by ~1e-7; every tensor moves by over 5x the tolerance, so an update of
+    # another scale (a sum over ranks doubles it) shows in each one
+    tolerance = 1e-5
+    for name, value in one["weights"].items():
+        moved = (value - init["weights"][name]).abs().max().item()
+        assert moved > 5 * tolerance, f"{name} moved by {moved} only"
+        torch.testing.assert_close(
+            two["weights"][name], value, rtol=0, atol=tolerance, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_a_params_error(tmp_path: Path):
