@@ -246,10 +246,15 @@ def test_fast_test_evaluation_equals_literal_num_steps_one():
     assert fast.perplexity == pytest.approx(literal.perplexity, rel=1e-5)
 
 
-def test_sgd_step_uses_the_summed_cost_gradient():
-    """One training step of run_epoch equals a hand-written TF step: clip, then p -= lr * g."""
+@pytest.mark.parametrize("max_grad_norm, bites", [(5.0, False), (0.5, True)])
+def test_sgd_step_uses_the_summed_cost_gradient(max_grad_norm: float, bites: bool):
+    """One training step of run_epoch equals a hand-written TF step: clip, then p -= lr * g.
+
+    The gradient's norm is 1.4: a clip of 0.5 bites, making the update 0.5 * g / |g|, blind
+    to any scale of the cost that keeps the norm above 0.5 (a cost summed over the batch
+    instead of averaged passes it); one of 5 does not, so the update is lr * g."""
     torch.manual_seed(0)
-    config = dataclasses.replace(TINY, max_grad_norm=0.5)
+    config = dataclasses.replace(TINY, max_grad_norm=max_grad_norm)
     model = PTBModel(config)
     reference = PTBModel(config)
     reference.load_state_dict(model.state_dict())
@@ -261,12 +266,15 @@ def test_sgd_step_uses_the_summed_cost_gradient():
     logits, _ = reference(data[:, :5], reference.zero_state(3))
     cost = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten()) * 5
     grads = torch.autograd.grad(cost, list(reference.parameters()))
-    norm = torch.sqrt(sum((g**2).sum() for g in grads))
-    scale = 0.5 / max(norm.item(), 0.5)
+    norm = torch.sqrt(sum((g**2).sum() for g in grads)).item()
+    assert (norm > max_grad_norm) == bites, norm
+    scale = max_grad_norm / max(norm, max_grad_norm)
     for (name, p), p_ref, g in zip(
         model.named_parameters(), reference.parameters(), grads, strict=True
     ):
-        torch.testing.assert_close(p, p_ref - 0.7 * scale * g, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            p, p_ref - 0.7 * scale * g, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_train_step_carries_state_and_follows_set_lr_and_reset_state():
