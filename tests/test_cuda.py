@@ -11,11 +11,12 @@ import dataclasses
 import pytest
 import torch
 from conftest import trained_perplexities
+from torch.nn import functional as F
 
 from ptblm.config import ModelConfig
 from ptblm.data import batchify, iterate_batches
 from ptblm.device import set_precision
-from ptblm.model import PTBModel
+from ptblm.model import LinearCrossEntropy, PTBModel
 from ptblm.step import TrainStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -79,11 +80,42 @@ def test_graph_replay_trains_like_eager_steps(config):
     batches = windows(12, config)
     eager, eager_weights = costs_of(False, batches, config)
     graphed, graphed_weights = costs_of(True, batches, config)
-    assert graphed[: TrainStep.EAGER_STEPS] == eager[: TrainStep.EAGER_STEPS]
+    # the eager steps before capture are the eager computation; tied, the embedding's gradient
+    # (index_select's backward, an index_add_) sums a word's repeats with atomic adds, in an
+    # order that varies between runs, so their later costs may differ in the last bits
+    first = TrainStep.EAGER_STEPS
+    rtol = 1e-6 if config.tie_weights else 0
+    torch.testing.assert_close(
+        torch.tensor(graphed[:first]), torch.tensor(eager[:first]), rtol=rtol, atol=0
+    )
     # the same kernels in the same order: equal to float32 rounding, amplified a little by lr
     torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-4, atol=0)
     for name, want in eager_weights.items():
-        torch.testing.assert_close(graphed_weights[name], want, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            graphed_weights[name], want, rtol=1e-3, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+def test_fused_loss_on_cuda_matches_autograd():
+    """LinearCrossEntropy on CUDA (its products are cuBLAS's addmm there, not oneDNN's): the
+    value and gradients of F.cross_entropy's sum, at the small config's sizes, in fp32."""
+    gen = torch.Generator().manual_seed(3)
+    tokens, hidden_size, vocab = 400, 200, 10000
+    hidden = torch.randn(tokens, hidden_size, generator=gen).tanh()
+    weight = torch.empty(hidden_size, vocab).uniform_(-0.1, 0.1, generator=gen)
+    bias = torch.empty(vocab).uniform_(-0.1, 0.1, generator=gen)
+    target = torch.randint(0, vocab, (tokens,), generator=gen)
+    hidden, weight, bias = (t.to(DEVICE).requires_grad_() for t in (hidden, weight, bias))
+    target = target.to(DEVICE)
+    fused = LinearCrossEntropy.apply(hidden, weight, bias, target)
+    fused_grads = torch.autograd.grad(fused * 0.7, [hidden, weight, bias])
+    ref = F.cross_entropy(hidden @ weight + bias, target, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.7, [hidden, weight, bias])
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-5)
+    for name, got, want in zip(("hidden", "weight", "bias"), fused_grads, ref_grads, strict=True):
+        torch.testing.assert_close(
+            got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_graph_follows_set_lr_and_reset_state():
@@ -166,4 +198,7 @@ def test_two_trainings_on_a_one_gpu_machine_run_one_after_the_other(tmp_path):
         )
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
-    assert sum("GPUs are taken by other ptblm processes" in out for out in outputs) == 1, outputs
+    # gpu_lock's note, on stderr, from the one that found the GPU taken and waited
+    wait_s = params["train"]["gpu_wait_s"]
+    waited = f"1 of the 1 GPUs are not free of other ptblm processes; waiting up to {wait_s:g} s"
+    assert sum(waited in out for out in outputs) == 1, outputs
