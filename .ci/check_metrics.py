@@ -3,7 +3,8 @@
 
 Every `metrics/**/*.json` at the given git revision (default HEAD) must parse as a JSON object;
 any `*_perplexity` value must be a finite number >= 1; `metrics/<config>/train.json` and
-`eval.json` must carry their perplexities, and their `config` (if present) must name the folder.
+`eval.json` must carry their perplexities, their `config` (if present) must name the folder,
+and eval.json must have scored train.json's model (their `model_md5`, where both have one).
 dvc.yaml lists the whole metrics/ folder, so any other file there (a CSV, a PNG, timings) would
 be read by `dvc metrics` as a metric: that is an error too. Paths listed in dvc.yaml's top-level
 `metrics:` that the revision lacks (no file, or no file under a folder) are warnings.
@@ -50,6 +51,31 @@ def problems(path: str, text: str) -> list[str]:
                 found.append(f"{key!r} is {value!r}, not a finite perplexity >= 1")
     if len(parts) == 3 and "config" in data and data["config"] != parts[1]:
         found.append(f"'config' is {data['config']!r} but the file is in metrics/{parts[1]}/")
+    return found
+
+
+def mismatched_models(files: dict[str, str | None]) -> list[tuple[str, str]]:
+    """metrics/<config>/eval.json whose `model_md5` is not train.json's: the test perplexity
+    of another model than the one trained (train reran, evaluate did not or failed). Files
+    from before `model_md5` are not compared."""
+    found = []
+    for path, text in files.items():
+        parts = PurePosixPath(path).parts
+        if len(parts) != 3 or parts[-1] != "eval.json" or text is None:
+            continue
+        trained_text = files.get(f"metrics/{parts[1]}/train.json")
+        try:
+            scored = json.loads(text).get("model_md5")
+            trained = json.loads(trained_text).get("model_md5") if trained_text else None
+        except (json.JSONDecodeError, AttributeError):
+            continue  # reported as malformed already
+        if scored and trained and scored != trained:
+            found.append(
+                (
+                    path,
+                    f"scored model {scored}, but train.json's model is {trained}; rerun evaluate",
+                )
+            )
     return found
 
 
@@ -117,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"warning: {path} is listed in dvc.yaml `metrics:` but not {label}", file=sys.stderr
             )
+    for path, problem in mismatched_models(files):
+        print(f"ERROR: {path} ({label}): {problem}", file=sys.stderr)
+        bad += 1
     if bad:
         print(f"{bad} problem(s) in the metric files {label}", file=sys.stderr)
         return 1

@@ -165,11 +165,11 @@ done
 import json, sys
 from pathlib import Path
 import torch
-for path in Path("checkpoints").glob("*/last.pt"):
+for path in Path("checkpoints").glob("*/*.pt"):
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    out = Path(sys.argv[1]) / f"partial-{path.parent.name}.json"
+    out = Path(sys.argv[1]) / f"partial-{path.parent.name}-{path.stem}.json"
     out.write_text(json.dumps({"epoch": payload["epoch"], "history": payload["history"]}, indent=1))
-    print(f"{path.parent.name}: interrupted after epoch {payload['epoch']} (checkpoint kept)")
+    print(f"{path}: interrupted after epoch {payload['epoch']} (checkpoint kept)")
 EOF
 tar -czf "$OUT/results.tar.gz" -C "$OUT" results
 if [ ${#failed[@]} -gt 0 ]; then

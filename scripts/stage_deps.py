@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Write (or, with --check, verify) each dvc.yaml stage's code deps: its entry point under
-stages/ and every ptblm module that entry imports (ptblm.codedeps reads the imports).
+stages/ and every ptblm module that entry imports (ptblm.codedeps reads the imports); and the
+params deps of train and evaluate: the result keys of ptblm.config.SETTINGS for each.
 
 A stage then depends on exactly the code it runs: a change to compare.py retrains nothing,
 a change to data.py's batching reruns train and evaluate. Other deps (data, models) and the
@@ -22,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ptblm.codedeps import code_files  # noqa: E402
+from ptblm.config import stage_params  # noqa: E402
 
 CODE_DIRS = ("src/", "stages/")
+PARAMS_FROM_SETTINGS = ("train", "evaluate")  # check validates all of train and evaluate
 
 
 def entry_point(cmd: str) -> str | None:
@@ -38,7 +41,7 @@ def derived_code_deps(root: Path, entry: str) -> list[str]:
 
 
 def drift(root: Path = ROOT) -> dict[str, tuple[list[str], list[str]]]:
-    """Per stage: (code deps it lacks, code deps it lists but does not run)."""
+    """Per stage: (deps it lacks, deps it lists but does not need), code and params."""
     stages = YAML().load((root / "dvc.yaml").read_text())["stages"]
     found = {}
     for name, stage in stages.items():
@@ -47,6 +50,9 @@ def drift(root: Path = ROOT) -> dict[str, tuple[list[str], list[str]]]:
             continue
         listed = {d for d in stage.get("deps", []) if str(d).startswith(CODE_DIRS)}
         wanted = set(derived_code_deps(root, entry))
+        if name in PARAMS_FROM_SETTINGS:
+            listed |= {f"param {p}" for p in stage.get("params", [])}
+            wanted |= {f"param {p}" for p in stage_params(name)}
         if listed != wanted:
             found[name] = (sorted(wanted - listed), sorted(listed - wanted))
     return found
@@ -58,7 +64,7 @@ def write(root: Path = ROOT) -> None:
     yaml.indent(mapping=2, sequence=4, offset=2)
     path = root / "dvc.yaml"
     document = yaml.load(path.read_text())
-    for stage in document["stages"].values():
+    for name, stage in document["stages"].items():
         entry = entry_point(stage["cmd"])
         if entry is None:
             continue
@@ -68,6 +74,9 @@ def write(root: Path = ROOT) -> None:
         other = [d for d in deps if not str(d).startswith(CODE_DIRS)]
         deps.clear()
         deps.extend([*other, *derived_code_deps(root, entry)])
+        if name in PARAMS_FROM_SETTINGS:
+            stage["params"].clear()
+            stage["params"].extend(stage_params(name))
     with open(path, "w") as out:
         yaml.dump(document, out)
 
@@ -83,7 +92,7 @@ def main() -> int:
         if missing:
             print(f"dvc.yaml: stage {stage} runs but does not depend on: {', '.join(missing)}")
         if extra:
-            print(f"dvc.yaml: stage {stage} depends on code it does not run: {', '.join(extra)}")
+            print(f"dvc.yaml: stage {stage} depends on what it does not run: {', '.join(extra)}")
     if problems:
         print("fix: python scripts/stage_deps.py", file=sys.stderr)
     return 1 if problems else 0

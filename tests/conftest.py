@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 # Test models are tiny: one thread each avoids oversubscribing the 2 cores CI has.
 torch.set_num_threads(1)
@@ -71,29 +74,32 @@ def run(
     return result
 
 
-def wait_for_epoch(proc: subprocess.Popen, checkpoint: Path, epoch: int = 2) -> None:
-    """Wait until `proc`'s checkpoint holds `epoch` finished epochs (read only when it changes:
-    the training must keep the cores)."""
-    deadline, seen = time.monotonic() + 300, None
+def wait_for_epoch(proc: subprocess.Popen, folder: Path, epoch: int = 2) -> Path:
+    """Wait until a checkpoint in `folder` (checkpoints/<config>/) holds `epoch` finished
+    epochs; return it. Read only when it changes: the training must keep the cores."""
+    deadline, seen = time.monotonic() + 300, {}
     while time.monotonic() < deadline and proc.poll() is None:
-        stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
-        if stamp != seen and stamp is not None:
-            seen = stamp
-            if torch.load(checkpoint, weights_only=True)["epoch"] >= epoch:
-                return
+        for checkpoint in folder.glob("*.pt"):
+            stamp = checkpoint.stat().st_mtime_ns
+            if seen.get(checkpoint) != stamp:
+                seen[checkpoint] = stamp
+                if torch.load(checkpoint, weights_only=True)["epoch"] >= epoch:
+                    return checkpoint
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed; make epochs longer"
-    raise AssertionError(f"no checkpoint of epoch {epoch} at {checkpoint} within 300 s")
+    raise AssertionError(f"no checkpoint of epoch {epoch} in {folder} within 300 s")
 
 
-def kill_after_epoch(cmd: list[str], cwd: Path, checkpoint: Path, epoch: int = 2) -> None:
-    """Start `cmd`, wait until its checkpoint holds `epoch` finished epochs, then kill -9 it."""
+def kill_after_epoch(cmd: list[str], cwd: Path, folder: Path, epoch: int = 2) -> Path:
+    """Start `cmd`, wait until its checkpoint in `folder` holds `epoch` finished epochs, then
+    kill -9 it; returns the checkpoint."""
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    wait_for_epoch(proc, checkpoint, epoch)
+    checkpoint = wait_for_epoch(proc, folder, epoch)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    return checkpoint
 
 
 def dvc(
@@ -133,6 +139,71 @@ def make_project(parent: Path) -> Path:
         )
     init_repo(repo, "project under test")
     return repo
+
+
+def write_texts(folder: Path, train_tokens: int = 4000, seed: int = 0) -> Path:
+    """ptb.{train,valid,test}.txt with learnable structure (a noisy cycle of 30 words), so
+    perplexity falls: a corpus that trains in a fraction of a second an epoch."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(30)]
+
+    def text(n: int) -> str:
+        out, i = [], 0
+        for _ in range(n):
+            i = (i + 1) % len(words) if rng.random() < 0.8 else rng.randrange(len(words))
+            out.append(words[i] + (" \n " if rng.random() < 0.1 else " "))
+        return "".join(out)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train_tokens), ("valid", 800), ("test", 800)):
+        (folder / f"ptb.{split}.txt").write_text(text(n), encoding="utf-8")
+    return folder
+
+
+# A config that trains an epoch of the synthetic corpus in well under a second; dropout on,
+# so resuming must restore the RNG streams too.
+TINY_CONFIG = {
+    "init_scale": 0.1, "learning_rate": 1.0, "max_grad_norm": 5.0, "num_layers": 2,
+    "num_steps": 10, "hidden_size": 16, "max_epoch": 2, "max_max_epoch": 3, "keep_prob": 0.8,
+    "lr_decay": 0.5, "batch_size": 10, "vocab_size": 40, "cell": "lstm", "tie_weights": False,
+    "dropout": "standard", "lr_schedule": "epoch",
+}  # fmt: skip
+
+
+def make_tiny_project(parent: Path, epochs: int, train_tokens: int = 20_000) -> Path:
+    """A git + DVC project of this checkout's pipeline, selecting config `tiny` on a synthetic
+    corpus, with fetch, extract and prepare done and locked (dvc commit: real DVC state, as
+    after a first `dvc repro`), so `dvc exp run` runs check, train and evaluate in seconds."""
+    repo = make_project(parent)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params.update(model="tiny")
+    params["models"]["tiny"] = {**TINY_CONFIG, "max_max_epoch": epochs}
+    params["train"].update(device="cpu", num_threads=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    texts = write_texts(repo / "data" / "ptb", train_tokens)
+    raw = repo / "data" / "raw" / "simple-examples.tgz"
+    raw.parent.mkdir(parents=True)
+    with tarfile.open(raw, "w:gz") as archive:
+        archive.add(texts, arcname="simple-examples/data")
+    env = tool_env(repo)
+    dvc(repo, "commit", "--force", "fetch", "extract", env=env)
+    dvc(repo, "repro", "prepare", env=env)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tiny corpus prepared")
+    return repo
+
+
+def copy_project(template: Path, parent: Path) -> Path:
+    """A copy of a prepared project (git, DVC cache and all), to change and run on its own."""
+    repo = parent / template.name
+    shutil.copytree(template, repo, symlinks=True)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_template(tmp_path_factory) -> Path:
+    """One prepared tiny project for the session (5 epochs); tests change copies of it."""
+    return make_tiny_project(tmp_path_factory.mktemp("tiny-template"), epochs=5)
 
 
 @pytest.fixture(autouse=True)

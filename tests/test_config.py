@@ -259,3 +259,33 @@ def test_cli_missing_params_file(tmp_path: Path) -> None:
         "Error: params: missing.yaml not found; run from the project root or pass --params"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_train_and_evaluate_key_is_classified_once_and_the_docs_say_the_same():
+    """One table decides what a setting changes: a new key must be placed in it, and
+    docs/pipeline.md's table is that table."""
+    import re
+    from dataclasses import fields
+
+    from ptblm.config import SETTINGS, EvalParams, TrainParams
+
+    keys = [s.key for s in SETTINGS]
+    assert len(keys) == len(set(keys))
+    declared = {f"train.{f.name}" for f in fields(TrainParams)}
+    declared |= {f"evaluate.{f.name}" for f in fields(EvalParams)}
+    assert declared | {"model", "models.${model}"} == set(keys)
+    docs = (PROJECT_ROOT / "docs" / "pipeline.md").read_text()
+    rows = dict(re.findall(r"^\| `([^`]+)` \| (result|operational) \|", docs, re.MULTILINE))
+    rows["models.${model}"] = rows.pop("models.<config>.*")
+    assert rows == {s.key: "result" if s.result else "operational" for s in SETTINGS}
+
+
+def test_the_training_result_holds_the_result_keys_and_no_operational_one():
+    from ptblm.config import OPERATIONAL_KEYS, training_result
+
+    params = load_params(PROJECT_ROOT / "params.yaml", "small")
+    result = training_result("small", params.config, params.train)
+    assert result["config"] == "small" and result["hidden_size"] == 200
+    assert {"train.seed", "train.precision", "train.nproc_per_node"} <= set(result)
+    assert not set(OPERATIONAL_KEYS) & set(result)
+    assert "evaluate.batch_size" not in result  # evaluate's, not the trained model's

@@ -234,3 +234,33 @@ def test_a_run_over_two_gpus_waits_holding_none_until_both_are_free(holders) -> 
     out, err = both.communicate(timeout=60)
     assert out.strip() == "[0, 1]", err
     assert "2 of the 2 GPUs are not free" in err
+
+
+GPU_FOR_PROCESS = textwrap.dedent(
+    """
+    import sys
+    from ptblm.gpu_lock import gpu_for_process
+    print(gpu_for_process(int(sys.argv[1]), int(sys.argv[2]), 0.3), flush=True)
+    """
+)
+
+
+def test_a_rank_of_a_torchrun_started_by_hand_claims_a_free_gpu(holders, tmp_path) -> None:
+    """A torchrun rank the train stage's launcher did not start holds no lock of its
+    launcher's: it claims a GPU of its own (here local rank 0, whose GPU a queued run holds,
+    takes GPU 1), and fails when none is free; the launcher's own ranks use theirs as is."""
+    group = holders(2)
+    _, held = group.claim()
+    locks = {"PTBLM_GPU_LOCK_DIR": str(tmp_path / "locks")}
+
+    def rank(local_rank: int, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", GPU_FOR_PROCESS, "2", str(local_rank)],
+            env=tool_env(**locks, **env), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    assert int(rank(held).stdout) == 1 - held
+    _, other = group.claim()  # both GPUs held now
+    assert rank(held).returncode != 0 and "did not come free" in rank(held).stderr
+    launched = rank(held, PTBLM_GPUS_LOCKED_FOR_RANKS="1")
+    assert int(launched.stdout) == held  # locked by the launcher: no claim, no wait

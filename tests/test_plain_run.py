@@ -62,9 +62,9 @@ def test_killed_plain_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     _plain_run(straight, "--config", "tiny")
 
     killed = _project(tmp_path / "killed", **changes)
-    checkpoint = killed / "checkpoints" / "plain-tiny" / "last.pt"
+    folder = killed / "checkpoints" / "plain-tiny"
     cmd = [sys.executable, str(PLAIN_RUN), "--device", "cpu", "--out", "out", "--config", "tiny"]
-    kill_after_epoch(cmd, killed, checkpoint)
+    kill_after_epoch(cmd, killed, folder)
     assert not (killed / "out").exists()
 
     rerun = _plain_run(killed, "--config", "tiny")

@@ -28,9 +28,65 @@ def test_train_runs_the_model_and_the_batching_but_not_compare():
     deps = stage_deps.derived_code_deps(PROJECT_ROOT, "stages/train.py")
     assert {"src/ptblm/model.py", "src/ptblm/data.py", "src/ptblm/config.py"} <= set(deps)
     assert "src/ptblm/compare.py" not in deps
-    assert "src/ptblm/cli.py" not in deps  # the command group: other commands' code
+    # the command group (other commands' code): not run, since the train stage's torchrun
+    # ranks run stages/train.py itself, not `-m ptblm` (test_ranks_run_the_stage_entry...)
+    assert "src/ptblm/cli.py" not in deps and "src/ptblm/__main__.py" not in deps
     evaluate = stage_deps.derived_code_deps(PROJECT_ROOT, "stages/evaluate.py")
     assert {"src/ptblm/model.py", "src/ptblm/data.py"} <= set(evaluate)
+
+
+def test_every_stage_depends_on_the_workspace_module_it_imports_first():
+    for stage in ("fetch", "extract", "prepare", "check", "train", "evaluate"):
+        deps = stage_deps.derived_code_deps(PROJECT_ROOT, f"stages/{stage}.py")
+        assert "stages/_workspace.py" in deps, stage
+
+
+def test_ranks_run_the_stage_entry_so_its_deps_are_their_code():
+    from ptblm.launch import rank_program
+
+    stage = PROJECT_ROOT / "stages" / "train.py"
+    args = ["train", "--params", "params.yaml", "--tracking"]
+    assert rank_program(str(stage), args) == [str(stage), "--params", "params.yaml", "--tracking"]
+    assert rank_program("/venv/bin/ptblm", args) == ["-m", "ptblm", *args]
+    assert rank_program("/src/ptblm/__main__.py", args) == ["-m", "ptblm", *args]
+
+
+def test_the_checkpoint_hash_covers_the_training_loop_and_nothing_far_from_it(tmp_path):
+    """A fix in MLflow logging, plots, scoring or the CLI keeps a long run's checkpoint; a
+    change to the model does not."""
+    root = _copy(tmp_path)
+    package = root / "src" / "ptblm"
+    names = {p.name for p in code_files(package / "train.py", package)}
+    assert {"model.py", "step.py", "data.py", "epoch.py", "checkpoint.py"} <= names
+    far = {"tracking.py", "plots.py", "score.py", "text.py", "api.py", "mlflow_model.py"}
+    assert not names & (far | {"cli.py", "launch.py", "model_logging.py"})
+    before = code_version(package / "train.py", package)
+    for name in far:
+        (package / name).write_text((package / name).read_text() + "# a fix\n")
+    assert code_version(package / "train.py", package) == before
+    (package / "model.py").write_text((package / "model.py").read_text() + "# a change\n")
+    assert code_version(package / "train.py", package) != before
+
+
+def test_the_tracking_layer_imports_nothing_of_the_using_models_layer():
+    package = PROJECT_ROOT / "src" / "ptblm"
+    names = {p.name for p in code_files(package / "tracking.py", package)}
+    assert not names & {"api.py", "score.py", "mlflow_model.py", "generate.py", "train.py"}
+
+
+def test_params_deps_follow_the_settings_table(tmp_path):
+    """train and evaluate depend on the result keys of config.SETTINGS, and only on them."""
+    from ptblm.config import stage_params
+
+    assert "train.num_threads" not in stage_params("train")
+    assert stage_params("train")[:2] == ["model", "models.${model}"]
+    assert "evaluate.batch_size" in stage_params("evaluate")
+    root = _copy(tmp_path)
+    dvc_yaml = root / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("      - train.seed\n", "      - train\n"))
+    assert stage_deps.drift(root) == {"train": (["param train.seed"], ["param train"])}
+    stage_deps.write(root)
+    assert stage_deps.drift(root) == {}
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -50,8 +106,9 @@ def test_a_new_import_the_deps_miss_is_caught(tmp_path):
     command = root / "src" / "ptblm" / "commands" / "train.py"
     command.write_text(
         command.read_text().replace(
-            "    from ..codedeps import code_version\n",
-            "    from ..codedeps import code_version\n    from ..compare import render  # noqa\n",
+            "    from ..codedeps import training_code_version\n",
+            "    from ..codedeps import training_code_version\n"
+            "    from ..compare import render  # noqa\n",
         )
     )
     assert stage_deps.drift(root) == {"train": (["src/ptblm/compare.py"], [])}

@@ -28,7 +28,7 @@ from ptblm.tracking import (
 )
 
 # A faster variant of the `test` config (same tokens, 35 steps per window): 1 epoch in seconds.
-FAST = ("-S", "models.test.num_steps=35")
+FAST = ("-S", "models.test.num_steps=35", "-S", "train.num_threads=1")  # 2 cores: 1 each
 SENTENCE = "the company said it expects to report a loss"
 
 
@@ -65,7 +65,7 @@ def test_no_tracking_never_imports_mlflow(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import sys
-        import ptblm.data, ptblm.train
+        import ptblm.checkpoint, ptblm.data
         from ptblm import cli
         from ptblm.errors import PtblmError
 
@@ -73,7 +73,7 @@ def test_no_tracking_never_imports_mlflow(tmp_path: Path) -> None:
             raise PtblmError(f"mlflow imported: {'mlflow' in sys.modules}")
 
         ptblm.data.load_corpus = lambda path: None
-        ptblm.train.train = stop
+        ptblm.checkpoint.run_identity = stop  # what training does first
         cli.main(["train", "--no-tracking", "--model", "test", "--params", sys.argv[1]])
         """
     )
@@ -123,7 +123,10 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
     assert params["config"] == "test" and params["num_steps"] == "35"
     variant = (params["cell"], params["tie_weights"], params["dropout"], params["lr_schedule"])
     assert variant == ("lstm", "False", "standard", "epoch")  # the variant keys' defaults
-    assert {"train.seed", "train.device", "train.precision", "evaluate.batch_size"} <= set(params)
+    assert {"train.seed", "train.precision", "train.nproc_per_node", "evaluate.batch_size"} <= set(
+        params
+    )
+    assert "train.device" not in params and found.data.tags["train.device"] == "auto"  # a tag
 
     tags = found.data.tags
     assert tags["config"] == "test" and tags["device"] == "cpu" and tags["resumed"] == "False"
@@ -278,13 +281,8 @@ def test_two_machines_share_one_server_and_exchange_experiments_through_git(
     machine_a, machine_b = clone(origin, tmp_path / "a"), clone(origin, tmp_path / "b")
 
     def env(repo: Path) -> dict[str, str]:
-        # one torch thread in train and evaluate: CI has 2 cores, and on a busy machine
-        # torch's default of one thread per core made the evaluate stage 3.6 times slower
         return tool_env(
-            repo,
-            PTBLM_DATA_SOURCE=str(shared_archive),
-            MLFLOW_TRACKING_URI=mlflow_server,
-            OMP_NUM_THREADS="1",
+            repo, PTBLM_DATA_SOURCE=str(shared_archive), MLFLOW_TRACKING_URI=mlflow_server
         )
 
     # one after the other (2 cores); seeds differ, so each machine's perplexity is its own
@@ -438,3 +436,17 @@ def test_reopened_run_gets_the_epochs_a_kill_left_unlogged(tmp_path: Path) -> No
     for key in EPOCH_METRICS.values():
         steps = [m.step for m in client(uri).get_metric_history(first.run_id, key)]
         assert sorted(steps) == [1, 2, 3], key
+
+
+def test_a_reopened_run_with_other_params_is_a_one_line_error(tmp_path: Path) -> None:
+    """MLflow refuses to change a logged param; the store's refusal names the run and the fix
+    instead of a traceback."""
+    settings = TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = open_tracker(settings, "first")
+    first.log_params({"train.seed": 1})
+    first.end(failed=True)
+    rerun = open_tracker(settings, "first", previous_run_id=first.run_id)
+    rerun.log_params({"train.seed": 1})  # the same values: fine
+    with pytest.raises(TrackingError, match=rf"MLflow run {first.run_id} .*cannot take these"):
+        rerun.log_params({"train.seed": 2})
+    rerun.end()

@@ -30,7 +30,8 @@ from ptblm.data import DataError, load_corpus, prepare
 from ptblm.device import cpu_runs_bf16_lstm, set_precision
 from ptblm.epoch import perplexity
 from ptblm.errors import TrainingError
-from ptblm.modelfile import load_model, save_model
+from ptblm.model import PTBModel
+from ptblm.modelfile import load_for_config, save_model
 from ptblm.train import train
 
 TINY = ModelConfig(
@@ -142,7 +143,7 @@ def test_checkpoint_of_another_run_is_not_resumed(corpus, tmp_path, capsys):
     )
     assert result.resumed_from_epoch == 0
     captured = capsys.readouterr()
-    assert "it was written with other hyperparameters; starting fresh" in captured.out
+    assert "written with other settings: hidden_size 16 (now 12); starting fresh" in captured.out
 
 
 def test_checkpoint_from_other_code_or_data_is_not_resumed(corpus, tmp_path, capsys):
@@ -194,16 +195,41 @@ def test_model_file_for_other_config_or_vocab_is_refused(corpus, tmp_path):
     )
     path = tmp_path / "model.pt"
     save_model(path, result.model, "tiny", corpus)
-    loaded = load_model(path, "tiny", result.model.config, corpus)
+    loaded = load_for_config(path, "tiny", result.model.config, corpus)
     for a, b in zip(loaded.state_dict().values(), result.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(TrainingError, match=r"'tiny': hidden_size=16 \(selected: 12\);"):
-        load_model(path, "tiny", dataclasses.replace(result.model.config, hidden_size=12), corpus)
+        load_for_config(
+            path, "tiny", dataclasses.replace(result.model.config, hidden_size=12), corpus
+        )
     with pytest.raises(TrainingError, match=r"config 'tiny' \(selected: 'other'\);"):
-        load_model(path, "other", result.model.config, corpus)
+        load_for_config(path, "other", result.model.config, corpus)
     other_vocab = dataclasses.replace(corpus, vocab=[*corpus.vocab[:-1], "zzz"])
     with pytest.raises(TrainingError, match="another vocabulary"):
-        load_model(path, "tiny", result.model.config, other_vocab)
+        load_for_config(path, "tiny", result.model.config, other_vocab)
+
+
+def test_a_model_file_that_is_no_dict_or_has_unknown_keys_is_a_one_line_error(corpus, tmp_path):
+    """Evaluate's loader and ptblm.load_model alike: no AttributeError, no TypeError."""
+    from ptblm.api import ModelError, load_files
+
+    torch.manual_seed(0)
+    model = PTBModel(TINY)
+    path = tmp_path / "model.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(TrainingError, match=r"model.pt: not a ptb-lm model file"):
+        load_for_config(path, "tiny", TINY, corpus)
+    with pytest.raises(ModelError, match=r"model.pt: not a ptb-lm model file"):
+        load_files(path)
+    save_model(path, model, "tiny", corpus)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["attention"] = True  # a switch a newer ptblm added
+    torch.save(payload, path)
+    newer = r"config has keys this ptblm does not know \(attention\).*upgrade ptblm"
+    with pytest.raises(TrainingError, match=newer):
+        load_for_config(path, "tiny", TINY, corpus)
+    with pytest.raises(ModelError, match=newer):
+        load_files(path)
 
 
 def test_model_file_of_a_variant_loads_in_evaluate_and_another_variant_is_refused(tmp_path):
@@ -246,7 +272,7 @@ def test_loading_never_unpickles_arbitrary_objects(corpus, tmp_path, monkeypatch
     path = tmp_path / "model.pt"
     torch.save({"format": 1, "payload": Exploit()}, path)
     with pytest.raises(TrainingError, match="not a ptb-lm model file"):
-        load_model(path, "tiny", TINY, corpus)
+        load_for_config(path, "tiny", TINY, corpus)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -281,8 +307,7 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     )
 
     killed = tiny_project(tmp_path / "killed", epochs)
-    checkpoint = killed / "checkpoints" / "tiny" / "last.pt"
-    kill_after_epoch(train_cmd(), killed, checkpoint)
+    checkpoint = kill_after_epoch(train_cmd(), killed, killed / "checkpoints" / "tiny")
     assert not (killed / "metrics" / "tiny" / "train.json").exists()
     done = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 2 <= done < epochs
@@ -327,27 +352,6 @@ def test_bf16_on_cpu_runs_near_fp32_or_is_one_clear_error(corpus, tmp_path):
     assert not (tmp_path / "last.pt").exists()
 
 
-def test_kill_9_then_rerun_is_one_finished_mlflow_run_with_whole_curves(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    epochs = 4
-    root = tiny_project(tmp_path / "killed", epochs)
-    checkpoint = root / "checkpoints" / "tiny" / "last.pt"
-    kill_after_epoch(train_cmd(tracking=True), root, checkpoint)
-    subprocess.run(
-        train_cmd(tracking=True), cwd=root, env=tool_env(), check=True, capture_output=True
-    )
-    store = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    (run,) = store.search_runs([store.get_experiment_by_name("ptb-lm").experiment_id])
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["resumed"] == "True"
-    history = store.get_metric_history(run.info.run_id, "valid_perplexity")
-    assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # each epoch once
-    assert json.loads((root / "models" / "tiny" / "mlflow_run.json").read_text())["run_id"] == (
-        run.info.run_id
-    )
-
-
 def _grandchildren(pid: int) -> list[int]:
     """The processes two levels under `pid` (under torchrun, its workers), from /proc."""
     children: dict[int, list[int]] = {}
@@ -370,12 +374,11 @@ def test_a_rank_killed_with_kill_9_restarts_the_group_from_the_checkpoint(tmp_pa
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"].update(nproc_per_node=2, max_restarts=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    checkpoint = root / "checkpoints" / "tiny" / "last.pt"
     proc = subprocess.Popen(
         train_cmd(tracking=True), cwd=root, env=tool_env(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    wait_for_epoch(proc, checkpoint)
+    wait_for_epoch(proc, root / "checkpoints" / "tiny")
     workers = _grandchildren(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)
@@ -403,7 +406,7 @@ def test_killing_the_train_stage_ends_its_ranks_and_the_rerun_resumes_exactly(tm
     run = functools.partial(subprocess.run, train_cmd(), env=tool_env(), check=True, text=True)
     run(cwd=roots["straight"], capture_output=True, timeout=600)
     proc = subprocess.Popen(train_cmd(), cwd=roots["killed"], env=tool_env())
-    wait_for_epoch(proc, roots["killed"] / "checkpoints" / "tiny" / "last.pt")
+    wait_for_epoch(proc, roots["killed"] / "checkpoints" / "tiny")
     ranks = _grandchildren(proc.pid)
     assert len(ranks) == 2
     os.kill(proc.pid, signal.SIGKILL)

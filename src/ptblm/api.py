@@ -21,6 +21,7 @@ from .config import ModelConfig
 from .data import vocab_fingerprint
 from .errors import PtblmError
 from .model import PTBModel
+from .modelfile import require_known_keys
 
 MODEL_FILE = "model.pt"
 VOCAB_FILE = "vocab.txt"
@@ -80,6 +81,10 @@ def load_files(
             f"{model_path}: the vocabulary at hand is not the one it was trained on; "
             "use the vocab.txt it was trained with"
         )
+    try:
+        require_known_keys(payload["config"], model_path)
+    except PtblmError as exc:
+        raise ModelError(str(exc)) from None
     model = PTBModel(ModelConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return LanguageModel(model.to(device).eval(), vocab)

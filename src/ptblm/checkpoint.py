@@ -1,29 +1,38 @@
-"""Training checkpoints: what identifies a run, and saving and resuming it exactly.
+"""Training checkpoints: what identifies a run, where its checkpoint lives, saving and
+resuming it exactly.
 
-A checkpoint resumes only the run that wrote it (config, data, seed, precision, code);
-any other, or an unreadable file, is ignored with a note and the run starts fresh.
+A run's identity is what changes its result (config.SETTINGS' result keys, the data and the
+training code); its checkpoint is `checkpoints/<config>/<hash of the identity>.pt` at the
+project root, so two seeds or two configs never share a file, a changed result key starts a
+checkpoint of its own beside the other, and a queued DVC experiment (which runs in a temp
+copy that DVC deletes) resumes from the same file when queued again or run in the workspace.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from .config import ModelConfig, TrainParams
+from .config import ModelConfig, TrainParams, training_result
 from .data import Corpus
-from .fsutil import atomic_path
+from .fsutil import save_tensors
 
-CHECKPOINT_FORMAT = 4  # 3: code and data in the identity, the tracking run id; 4: world size
+CHECKPOINT_FORMAT = 5  # 4: world size; 5: the identity is config.SETTINGS' result keys
+CHECKPOINTS = "checkpoints"  # under the project root
 
 
 @dataclass
 class TrainState:
-    """What resumes a run exactly: next epoch, history so far, RNG streams."""
+    """Where a run stands: the epochs completed and their records (the RNG streams, model and
+    optimizer live beside it in the checkpoint)."""
 
     epoch: int = 0  # completed epochs
     history: list[dict[str, float]] = field(default_factory=list)
@@ -37,19 +46,22 @@ def run_identity(
     code_version: str = "",
     world_size: int = 1,
 ) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the config, the data (vocabulary and the
-    id arrays), the seed and precision, the code that trains (`codedeps.code_version`), and
-    the number of processes (each draws its own dropout masks)."""
+    """What a checkpoint must match to be resumed: the result keys (config, seed, precision,
+    processes: `world_size`, which torchrun by hand may set apart from params), the data
+    (vocabulary and id arrays) and the code that trains (`codedeps.code_version`)."""
+    result = training_result(config_name, config, settings)
     return {
-        "config_name": config_name,
-        "config": asdict(config),
+        "settings": {**result, "train.nproc_per_node": world_size},
         "vocab_fingerprint": corpus.fingerprint,
         "ids_fingerprint": corpus.ids_fingerprint(),
         "code_version": code_version,
-        "seed": settings.seed,
-        "precision": settings.precision,
-        "world_size": world_size,
     }
+
+
+def checkpoint_path(root: Path, identity: dict[str, Any]) -> Path:
+    """`root`/checkpoints/<config>/<16 hex digits of the identity's hash>.pt."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / CHECKPOINTS / identity["settings"]["config"] / f"{digest}.pt"
 
 
 def save_checkpoint(
@@ -73,8 +85,7 @@ def save_checkpoint(
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_tensors(payload, path)
 
 
 # What a torn, truncated or foreign checkpoint raises on loading (torch's zip reader raises
@@ -87,29 +98,40 @@ def _read_checkpoint(path: Path, identity: dict) -> dict | None:
     """The checkpoint's payload if it was written for this exact run; None (and a note)."""
     if not path.exists():
         return None
+    payload = read_payload(path)
+    if payload is None:
+        return None
+    expected = {"format": CHECKPOINT_FORMAT, **identity}
+    mismatched = [k for k, v in expected.items() if payload.get(k) != v]
+    if mismatched:
+        why = {"code_version": "code", "ids_fingerprint": "data", "vocab_fingerprint": "vocabulary"}
+        saved = payload.get("settings") or {}
+        differ = [
+            f"{key} {saved.get(key)!r} (now {value!r})"
+            for key, value in identity["settings"].items()
+            if saved.get(key) != value
+        ]
+        reasons = [why.get(k, k) for k in mismatched if k != "settings"]
+        reasons += [f"settings: {', '.join(differ)}"] if "settings" in mismatched else []
+        tqdm.write(
+            f"note: not resuming {path}: it was written with other {'; '.join(reasons)}; "
+            "starting fresh"
+        )
+        return None
+    return payload
+
+
+def read_payload(path: Path, mmap: bool = False) -> dict | None:
+    """A checkpoint file's contents, None (and a note) when it is torn or not a checkpoint.
+    `mmap`: tensors stay on disk until touched (for listing large checkpoints)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except UNREADABLE_CHECKPOINT as exc:
         reason = " ".join(str(exc).split())[:200]
         tqdm.write(f"note: ignoring unreadable checkpoint {path} ({reason}); starting fresh")
         return None
     if not isinstance(payload, dict):
         tqdm.write(f"note: ignoring {path}: not a ptb-lm checkpoint; starting fresh")
-        return None
-    expected = {"format": CHECKPOINT_FORMAT, **identity}
-    mismatched = [k for k, v in expected.items() if payload.get(k) != v]
-    if mismatched:
-        why = {
-            "code_version": "code",
-            "ids_fingerprint": "data",
-            "vocab_fingerprint": "vocabulary",
-            "config": "hyperparameters",
-            "config_name": "config",
-        }
-        tqdm.write(
-            f"note: not resuming {path}: it was written with other "
-            f"{', '.join(why.get(k, k) for k in mismatched)}; starting fresh"
-        )
         return None
     return payload
 
@@ -131,3 +153,50 @@ def load_checkpoint(path: Path, identity: dict, model, optimizer) -> TrainState 
     if payload["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng_cuda"])
     return TrainState(epoch=payload["epoch"], history=payload["history"])
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint on disk, as `ptblm checkpoints` lists it."""
+
+    path: Path
+    config: str
+    epoch: int
+    epochs: int
+    seed: Any
+    size_bytes: int
+    modified: float  # seconds since the epoch
+    stale: str  # why it can never resume with the code at hand ("" if it can)
+
+
+def checkpoints(root: Path, code_version: str) -> Iterator[CheckpointInfo]:
+    """Every checkpoint under `root`/checkpoints, oldest first. A checkpoint is stale when no
+    rerun of this code can resume it (another format or other training code)."""
+    pattern = f"*/{'[0-9a-f]' * 16}.pt"  # a run's, as `checkpoint_path` names them
+    files = sorted(Path(root, CHECKPOINTS).glob(pattern), key=lambda p: p.stat().st_mtime)
+    for path in files:
+        payload = read_payload(path, mmap=True) or {}
+        settings = payload.get("settings") or {}
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            stale = "another checkpoint format"
+        elif payload.get("code_version") != code_version:
+            stale = "other training code"
+        else:
+            stale = ""
+        stat = path.stat()
+        yield CheckpointInfo(
+            path=path,
+            config=settings.get("config", path.parent.name),
+            epoch=payload.get("epoch", 0),
+            epochs=settings.get("max_max_epoch", 0),
+            seed=settings.get("train.seed"),
+            size_bytes=stat.st_size,
+            modified=stat.st_mtime,
+            stale=stale,
+        )
+
+
+def others(path: Path) -> list[Path]:
+    """The other checkpoints of `path`'s config (a note at the start of training: they are
+    never removed silently, nor left to pile up unseen)."""
+    return sorted(p for p in path.parent.glob(f"{'[0-9a-f]' * 16}.pt") if p != path)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .commands.check import check_command
+from .commands.checkpoints import checkpoints_command
 from .commands.compare import compare
 from .commands.evaluate import evaluate_command
 from .commands.extract import extract
@@ -49,6 +50,7 @@ for command in (
     generate,
     score_command,
     seeds_command,
+    checkpoints_command,
 ):
     main.add_command(command)
 

@@ -88,7 +88,8 @@ def _imported_modules(path: Path, package_dir: Path, lazy: bool = False) -> set[
 
 def code_files(entry: Path, package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """`entry` and every package file it imports, directly or not, with the `__init__.py` of
-    each package on the way (importing a.b runs a/__init__.py); sorted."""
+    each package on the way (importing a.b runs a/__init__.py), and the modules beside a
+    script that it imports by name (stages/_workspace.py); sorted."""
     package_dir = package_dir.resolve()
     seen: set[tuple[Path, bool]] = set()  # (file, read for its lazy exports only)
     todo = [(Path(entry).resolve(), False)]
@@ -97,7 +98,11 @@ def code_files(entry: Path, package_dir: Path = PACKAGE_DIR) -> list[Path]:
         if (path, lazy) in seen:
             continue
         seen.add((path, lazy))
+        beside = not path.is_relative_to(package_dir)  # a script: its own dir is on sys.path
         for module in _imported_modules(path, package_dir, lazy):
+            sibling = path.parent / f"{module}.py"
+            if beside and "." not in module and sibling.is_file():
+                todo.append((sibling.resolve(), False))  # e.g. stages/_workspace.py
             parts = module.split(".")
             for depth in range(1, len(parts) + 1):
                 found = _module_file(".".join(parts[:depth]), package_dir)
@@ -118,3 +123,11 @@ def code_version(entry: Path, package_dir: Path = PACKAGE_DIR) -> str:
         digest.update(path.read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def training_code_version() -> str:
+    """The hash a checkpoint records: the training loop (`ptblm.train`) and what it imports,
+    the code that computes the model, and no more. A fix to tracking, plots, scoring or the
+    CLI leaves a checkpoint resumable; a change to the model, the step or the batching
+    does not."""
+    return code_version(PACKAGE_DIR / "train.py")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import OPERATIONAL_KEYS
 from .errors import PtblmError
 from .tracking import AUX, sqlite_path
 
@@ -83,6 +84,7 @@ def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
     for train_json in sorted(Path(metrics_dir).glob("*/train.json")):
         folder = train_json.parent
         trained, evaluated = read(folder / "train.json"), read(folder / "eval.json")
+        stale = scored_another_model(trained, evaluated)
         speed = read(Path(timings_dir) / folder.name / "speed.json")
         rows.append(
             {
@@ -90,10 +92,11 @@ def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
                 "config": folder.name,
                 "train": trained.get("train_perplexity"),
                 "valid": trained.get("valid_perplexity"),
-                "test": evaluated.get("test_perplexity"),
+                "test": None if stale else evaluated.get("test_perplexity"),
                 "words/s": speed.get("words_per_sec"),
                 "train wall s": speed.get("wall_time_s"),
                 "device": speed.get("device", trained.get("device")),
+                **({"note": stale} if stale else {}),
             }
         )
         seeds = read(folder / "seeds.json")
@@ -111,6 +114,15 @@ def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
         raise CompareError(f"no */train.json under {metrics_dir}; run the pipeline first")
     table = pd.DataFrame(rows)
     return table[[*COLUMNS, *table.columns.difference(COLUMNS, sort=False)]]
+
+
+def scored_another_model(trained: dict, evaluated: dict) -> str:
+    """Why eval.json's test perplexity is not the trained model's ("" if it is, or if either
+    file predates `model_md5`): train reran and evaluate has not, or failed."""
+    ours, scored = trained.get("model_md5"), evaluated.get("model_md5")
+    if ours and scored and ours != scored:
+        return "eval.json scored another model than train.json's: rerun evaluate"
+    return ""
 
 
 def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
@@ -154,6 +166,9 @@ def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
     for key, default in param_defaults().items():  # a run logged before the key existed
         if key in params:
             params[key] = params[key].fillna(default)
+    # operational settings (threads, device, waits) do not make runs differ; runs logged
+    # before they became tags have them as params
+    params = params.drop(columns=[k for k in OPERATIONAL_KEYS if k in params])
     params = params.fillna("")
     varying = [k for k in params if k != "config" and params[k].nunique() > 1]
     table = pd.concat([table, params[varying]], axis=1).reset_index(drop=True)

@@ -93,7 +93,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Settings shared by every config: they change how, not what, is computed."""
+    """Settings shared by every config; `SETTINGS` below says which change the result."""
 
     seed: int = 1234
     device: str = "auto"
@@ -156,6 +156,78 @@ class Params:
     def with_model(self, name: str) -> Params:
         _require_choice(name, "model", tuple(self.models))
         return dataclasses.replace(self, model=name)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One params.yaml key, classified once: the stages whose result it changes.
+
+    A *result* key (`stages` not empty) changes what a stage computes beyond float rounding:
+    it is one of those stages' DVC params deps, part of the training checkpoint's identity and
+    an MLflow param. An *operational* key (`stages` empty) says only where and how fast: DVC
+    ignores it, a checkpoint resumes across a change of it, and MLflow records it as a tag
+    that a resumed run updates (`resumed_with.<key>`).
+    """
+
+    key: str  # `models.${model}`: every hyperparameter of the selected config
+    stages: tuple[str, ...]
+    why: str
+
+    @property
+    def result(self) -> bool:
+        return bool(self.stages)
+
+
+SETTINGS = (
+    Setting("model", ("train", "evaluate"), "which config is trained and scored"),
+    Setting("models.${model}", ("train",), "the config's hyperparameters and variant switches"),
+    Setting("train.seed", ("train",), "the initial weights and every dropout mask"),
+    Setting("train.precision", ("train", "evaluate"), "the arithmetic: TF32 or bf16 rounding"),
+    Setting(
+        "train.nproc_per_node",
+        ("train",),
+        "each process draws its own dropout masks; the gradient is reduced over them",
+    ),
+    Setting("evaluate.batch_size", ("evaluate",), "how many rows the test split is cut into"),
+    Setting("train.device", (), "CPU or CUDA (on CUDA cuDNN draws the between-layer masks)"),
+    Setting("train.num_threads", (), "CPU threads: the same sums, faster or slower"),
+    Setting("train.cuda_graphs", (), "how a step's kernels are launched, not what they compute"),
+    Setting("train.gpu_wait_s", (), "how long to wait for a free GPU"),
+    Setting("train.max_restarts", (), "how often torchrun restarts a failed group"),
+)
+
+
+OPERATIONAL_KEYS = tuple(s.key for s in SETTINGS if not s.result)
+
+
+def stage_params(stage: str) -> list[str]:
+    """The params.yaml keys whose change reruns `stage` (its params deps in dvc.yaml)."""
+    return [s.key for s in SETTINGS if stage in s.stages]
+
+
+def training_result(config_name: str, config: ModelConfig, train: TrainParams) -> dict[str, Any]:
+    """The values of the keys that change a trained model, flat: what a checkpoint must
+    match to be resumed, what MLflow records as params, what the check stage hands train."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if "train" not in setting.stages:
+            continue
+        if setting.key == "model":
+            values["config"] = config_name
+        elif setting.key == "models.${model}":
+            values.update(dataclasses.asdict(config))
+        else:
+            values[setting.key] = getattr(train, setting.key.removeprefix("train."))
+    return values
+
+
+def operational(train: TrainParams) -> dict[str, Any]:
+    """The train settings that change only where and how fast a run computes."""
+    return {
+        s.key: getattr(train, s.key.removeprefix("train."))
+        for s in SETTINGS
+        if not s.result and s.key.startswith("train.")
+    }
 
 
 def require_batch_splits(config_name: str, batch_size: int, processes: int) -> None:

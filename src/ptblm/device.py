@@ -49,18 +49,17 @@ def gpus_for_ranks(name: str, processes: int, gpu_wait_s: float) -> str | None:
 
 
 def training_device(name: str, gpu_wait_s: float, local_rank: int | None = None) -> torch.device:
-    """The device a train or evaluate process computes on. On CUDA: under torchrun its local
-    rank's GPU (among those the launcher locked, `launch`); otherwise the first GPU no other
-    ptblm process holds (`gpu_lock`), so a queue started with -j N runs on N GPUs at once."""
+    """The device a train or evaluate process computes on. On CUDA a GPU no other ptblm
+    process holds (`gpu_lock`), so a queue started with -j N runs on N GPUs at once; under
+    the train stage's torchrun, its local rank's GPU among those the launcher locked."""
     device = resolve_device(name)
     if device.type != "cuda":
         return device
-    if local_rank is None:
-        from .gpu_lock import claim_gpus
+    from .gpu_lock import gpu_for_process
 
-        (local_rank,) = claim_gpus(torch.cuda.device_count(), 1, gpu_wait_s)
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+    index = gpu_for_process(torch.cuda.device_count(), local_rank, gpu_wait_s)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def use_threads(count: int) -> None:

@@ -1,9 +1,11 @@
-"""Writes that never leave a half-written output behind (temp file or folder, then rename)."""
+"""Writes that never leave a half-written output behind (temp file or folder, then rename);
+a file's MD5."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -90,3 +92,22 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def md5_of(path: Path) -> str:
+    """The file's MD5, as DVC records an output's (dvc.lock), to tell which file a result is of."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_tensors(payload: Any, path: Path) -> None:
+    """torch.save, atomically and reproducibly: through a file object, torch names the zip's
+    records "archive/..." rather than after the (random) temp file, so the same tensors are
+    the same bytes, and the same DVC md5, on every run."""
+    import torch  # only the callers that save tensors pay for it
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        torch.save(payload, out)

@@ -20,6 +20,9 @@ from typing import IO
 from .errors import PtblmError
 
 LOCK_DIR_ENV = "PTBLM_GPU_LOCK_DIR"
+# Set by the train stage's launcher for the torchrun ranks it starts: it holds their GPUs
+# (CUDA_VISIBLE_DEVICES names just those), so each rank uses its local rank's GPU as it is.
+LOCKED_FOR_RANKS_ENV = "PTBLM_GPUS_LOCKED_FOR_RANKS"
 POLL_S = 2.0
 
 _held: list[IO] = []  # the locks this process holds, open until it exits
@@ -84,6 +87,16 @@ def claim_gpus(count: int, wanted: int, wait_s: float) -> list[int]:
             )
             said = True
         time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def gpu_for_process(count: int, local_rank: int | None, wait_s: float) -> int:
+    """The visible GPU a train or evaluate process computes on, locked for it: its local
+    rank's under the launcher (which holds the lock), else the first free one, whoever
+    started it (a queue, a plain run, a torchrun by hand: each rank claims its own)."""
+    if local_rank is not None and os.environ.get(LOCKED_FOR_RANKS_ENV) == "1":
+        return local_rank
+    (index,) = claim_gpus(count, 1, wait_s)
+    return index
 
 
 def _try_lock(path: Path) -> bool:

@@ -40,20 +40,34 @@ def threads_per_process(nproc: int) -> int:
 def run_under_torchrun(
     nproc: int, max_restarts: int, args: list[str], gpus: str | None = None
 ) -> int:
-    """Run `ptblm <args>` as `nproc` processes; returns torchrun's exit status.
+    """Run this program again with `args` as `nproc` processes; returns torchrun's status.
 
-    The workers import ptblm from where this process did (a DVC experiment's own copy, not
-    an installed one), and share the cores (torchrun would set one thread each, loudly).
-    `gpus`: the GPUs this process locked for them (as CUDA_VISIBLE_DEVICES).
+    The ranks run the entry this process was started with: a DVC stage's own script (so
+    the stage's code deps are the code its ranks run), else `-m ptblm`. They import ptblm
+    from where this process did (a DVC experiment's own copy, not an installed one) and
+    share the cores (torchrun would set one thread each, loudly). `gpus`: the GPUs this
+    process locked for them (as CUDA_VISIBLE_DEVICES), which the ranks then take as theirs.
     """
     env = dict(os.environ)
     if gpus is not None:
+        from .gpu_lock import LOCKED_FOR_RANKS_ENV
+
         env["CUDA_VISIBLE_DEVICES"] = gpus
+        env[LOCKED_FOR_RANKS_ENV] = "1"
     source = str(Path(ptblm.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
-    command = torchrun_command(nproc, max_restarts, ["-m", "ptblm", *args])
+    command = torchrun_command(nproc, max_restarts, rank_program(sys.argv[0], args))
     return subprocess.run(command, env=env, preexec_fn=_end_with_parent).returncode
+
+
+def rank_program(entry: str, args: list[str]) -> list[str]:
+    """What each rank runs: `entry` (this process's script) with `args` after the command
+    name when it is a stage script (stages/<x>.py runs one command), else `-m ptblm args`."""
+    script = Path(entry)
+    if script.suffix == ".py" and script.name != "__main__.py":
+        return [str(script.resolve()), *args[1:]]
+    return ["-m", "ptblm", *args]
 
 
 PR_SET_PDEATHSIG = 1

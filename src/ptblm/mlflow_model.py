@@ -1,6 +1,6 @@
 """The logged MLflow model, as code (MLflow's models-from-code): sentences in, perplexities out.
 
-`tracking.MlflowTracker.log_model` logs this file as `python_model`, the weights file and
+`model_logging.log_model` logs this file as `python_model`, the weights file and
 vocabulary as artifacts, and ptblm's source as code, so loading the model runs this file
 and reads two plain files: no Python object is unpickled. MLflow runs it as a standalone
 module (not as part of the package), hence the absolute imports.

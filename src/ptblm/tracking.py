@@ -14,10 +14,8 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +27,7 @@ from typing import Any, TypeVar
 from .config import TrackingParams
 from .errors import PtblmError
 from .fsutil import write_json
+from .workspace import project_root
 
 # The MLflow UI lists a run's metrics sorted by name (`Array.sort()` in its bundle, code-unit
 # order; "system/" ones in a section of their own). So the three perplexities keep their
@@ -81,12 +80,6 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "mlflow" in sys.modules:  # configured at import: set the level it read then
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
-
-
-def project_root() -> Path:
-    """Where the default store lives: the parent repo for queued DVC experiments ($DVC_ROOT,
-    which DVC points there even though they run in temp copies), else the current dir."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def tracking_uri(settings: TrackingParams) -> str:
@@ -148,9 +141,6 @@ class NullTracker:
     def log_artifacts(self, paths: list[Path]) -> None:
         pass
 
-    def log_model(self, model_path: Path, vocab_path: Path) -> None:
-        pass
-
     def elapsed_s(self) -> float | None:
         return None
 
@@ -184,8 +174,8 @@ class MlflowTracker(NullTracker):
         use_store(uri)
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         with _store_lock(uri):
-            exp_id = self._retry(lambda: _experiment_id(mlflow, uri, experiment))
-            run = self._retry(
+            exp_id = self.retry(lambda: _experiment_id(mlflow, uri, experiment))
+            run = self.retry(
                 lambda: mlflow.start_run(
                     run_id=run_id,
                     experiment_id=None if run_id else exp_id,
@@ -198,7 +188,7 @@ class MlflowTracker(NullTracker):
         self.run_id = run.info.run_id
         self._start_ms = run.info.start_time
 
-    def _retry(self, call: Callable[[], T]) -> T:
+    def retry(self, call: Callable[[], T]) -> T:
         """SQLite lets one writer in at a time; a concurrent run's write is waited out."""
         for attempt in range(SQLITE_RETRIES):
             try:
@@ -219,7 +209,7 @@ class MlflowTracker(NullTracker):
         client = self._mlflow.MlflowClient()
         logged = {
             m.step
-            for m in self._retry(
+            for m in self.retry(
                 lambda: client.get_metric_history(self.run_id, EPOCH_METRICS["valid_perplexity"])
             )
         }
@@ -228,50 +218,35 @@ class MlflowTracker(NullTracker):
                 self.log_epoch(record)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._retry(lambda: self._mlflow.log_params(params))
+        """A reopened run keeps its params: one that differs (the store's run belongs to
+        other settings) is a one-line error, not MLflow's traceback."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.retry(lambda: self._mlflow.log_params(params))
+        except MlflowException as exc:
+            first = str(exc).strip().splitlines()[0][:300]
+            raise TrackingError(
+                f"MLflow run {self.run_id} in {self.uri} cannot take these params ({first}); "
+                "it belongs to other settings: delete its checkpoint (ptblm checkpoints) to "
+                "start a new run"
+            ) from None
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._retry(lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+        self.retry(lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._retry(lambda: self._mlflow.log_metrics(metrics, step=step))
+        self.retry(lambda: self._mlflow.log_metrics(metrics, step=step))
 
     def log_artifacts(self, paths: list[Path]) -> None:
         for path in paths:
-            self._retry(lambda p=path: self._mlflow.log_artifact(str(p)))
-
-    def log_model(self, model_path: Path, vocab_path: Path) -> None:
-        """The model as code (ptblm/mlflow_model.py, which scores sentences), its weights and
-        vocabulary as artifacts, ptblm's source bundled: loading it unpickles nothing."""
-        import torch
-
-        from . import mlflow_model
-
-        with tempfile.TemporaryDirectory() as tmp:
-            code = Path(tmp) / "ptblm"  # the package without __pycache__ (no .pyc in the model)
-            shutil.copytree(
-                Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__")
-            )
-            self._retry(
-                lambda: self._mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=mlflow_model.__file__,
-                    artifacts={"model": str(model_path), "vocab": str(vocab_path)},
-                    code_paths=[str(code)],
-                    input_example=list(mlflow_model.EXAMPLE),
-                    pip_requirements=[
-                        f"torch=={torch.__version__.split('+')[0]}",
-                        "numpy",
-                        "pandas",
-                    ],
-                )
-            )
+            self.retry(lambda p=path: self._mlflow.log_artifact(str(p)))
 
     def elapsed_s(self) -> float:
         return time.time() - self._start_ms / 1000
 
     def end(self, failed: bool = False) -> None:
-        self._retry(lambda: self._mlflow.end_run("FAILED" if failed else "FINISHED"))
+        self.retry(lambda: self._mlflow.end_run("FAILED" if failed else "FINISHED"))
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -10,12 +10,11 @@ device or precision this machine lacks stops the pipeline here, with one line.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from ..config import load_params
+from ..config import load_params, training_result
 from ..data import DataError, require_rows, require_vocab_fits, require_windows
 from ..fsutil import write_json
 from .common import PREPARED_DIR, fails_cleanly, model_option, params_option
@@ -30,8 +29,9 @@ CHECKED_DIR = Path("data/checked")
 def check_command(params_path: Path, model_name: str | None) -> None:
     """Check params, data and machine for the selected config; write data/checked/<config>.json.
 
-    The file holds what training depends on (the config and the train settings), so train
-    reruns when they change and not when only evaluate's settings do.
+    The file holds what the trained model depends on (the result keys of config.SETTINGS),
+    so train reruns when one of them changes, and not when only an operational setting
+    (threads, device, waits) or evaluate's do, though this stage checks those too.
     """
     params = load_params(params_path, model_name)
     name, config = params.model, params.config
@@ -53,6 +53,6 @@ def check_command(params_path: Path, model_name: str | None) -> None:
     require_gpus(device, params.train.nproc_per_node)
     write_json(
         CHECKED_DIR / f"{name}.json",
-        {"model": name, "config": asdict(config), "train": asdict(params.train)},
+        {"model": name, **training_result(name, config, params.train)},
     )
     click.echo(f"{name}: params, data and machine fit")

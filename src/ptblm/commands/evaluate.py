@@ -8,7 +8,7 @@ import click
 
 from .. import tracking
 from ..config import load_params
-from ..fsutil import write_json
+from ..fsutil import md5_of, write_json
 from .common import (
     METRICS_DIR,
     MODELS_DIR,
@@ -34,15 +34,17 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
     """
     params = load_params(params_path, model_name)  # before torch: bad params fail fast
     from ..data import load_corpus
-    from ..device import device_description, set_precision, training_device
+    from ..device import device_description, set_precision, training_device, use_threads
     from ..epoch import evaluate_split
-    from ..modelfile import load_model
+    from ..modelfile import load_for_config
 
     name = params.model
     corpus = load_corpus(PREPARED_DIR)
+    use_threads(params.train.num_threads)  # as train: -j 2 on 2 cores, one thread each
     device = training_device(params.train.device, params.train.gpu_wait_s)
     set_precision(params.train.precision, device)
-    model = load_model(MODELS_DIR / name / "model.pt", name, params.config, corpus).to(device)
+    model_file = MODELS_DIR / name / "model.pt"
+    model = load_for_config(model_file, name, params.config, corpus).to(device)
     batch = params.evaluate.batch_size
     enabled = params.tracking.enabled if tracking_on is None else tracking_on
     tracker = (
@@ -70,6 +72,7 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
                 "test_perplexity": round(scores["test"].perplexity, 4),
                 "valid_perplexity": round(scores["valid"].perplexity, 4),
                 "batch_size": batch,
+                "model_md5": md5_of(model_file),  # the model scored: train.json's must match
             },
         )
         evaluated = {

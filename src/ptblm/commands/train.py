@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict
+import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import tracking
-from ..config import Params, load_params
+from ..config import Params, load_params, operational, training_result
 from ..errors import TrainingError
-from ..fsutil import write_json, write_text
+from ..fsutil import md5_of, write_json, write_text
+from ..model_logging import log_model
+from ..workspace import project_root
 from .common import (
-    CHECKPOINT_DIR,
     METRICS_DIR,
     MODELS_DIR,
     PLOTS_DIR,
@@ -46,15 +48,16 @@ def history_csv(history: list[dict]) -> str:
 
 
 def run_params(params: Params) -> dict[str, Any]:
-    """Every value that can make two runs differ: the config's hyperparameters, the shared
-    settings, the evaluation batch size."""
-    shared = {f"train.{k}": v for k, v in asdict(params.train).items()}
-    return {
-        "config": params.model,
-        **asdict(params.config),
-        **shared,
-        "evaluate.batch_size": params.evaluate.batch_size,
-    }
+    """What MLflow records as the run's params: the keys that change the trained model
+    (config.SETTINGS), so a rerun with another thread count or device reopens the run."""
+    return training_result(params.model, params.config, params.train)
+
+
+def run_settings_tags(params: Params, resumed: bool) -> dict[str, Any]:
+    """The operational settings as tags: a resumed segment records its own under
+    `resumed_with.`, beside the first segment's."""
+    prefix = "resumed_with." if resumed else ""
+    return {f"{prefix}{key}": value for key, value in operational(params.train).items()}
 
 
 def _log_training(
@@ -74,10 +77,12 @@ def _log_training(
         {name: getattr(result, field) for field, name in tracking.TRAIN_SUMMARY.items()}
     )
     tracker.log_artifacts([PREPARED_DIR / "vocab.txt", *files])
-    tracker.log_model(model_path, PREPARED_DIR / "vocab.txt")
+    log_model(tracker, model_path, PREPARED_DIR / "vocab.txt")
 
 
-def _write_results(params: Params, result: TrainResult, device, processes: int) -> list[Path]:
+def _write_results(
+    params: Params, result: TrainResult, device, processes: int, model_md5: str
+) -> list[Path]:
     """metrics/<config>/train.json, timings/<config>/speed.json, plots/<config>/{history.csv,
     learning_curve.png}; returns their paths."""
     from ..device import device_description
@@ -96,6 +101,7 @@ def _write_results(params: Params, result: TrainResult, device, processes: int) 
             "valid_perplexity": round(result.valid_perplexity, 4),
             "epochs": len(result.history),
             "device": device.type,
+            "model_md5": model_md5,  # eval.json names the model it scored the same way
         },
     )
     write_json(
@@ -177,8 +183,8 @@ def _launch(
 
 def _train(params: Params, world: World, device: torch.device, tracking_on: bool | None) -> None:
     """One process's training: in a distributed run, rank 0 alone tracks and writes."""
-    from ..checkpoint import checkpoint_run_id, run_identity
-    from ..codedeps import code_version
+    from ..checkpoint import checkpoint_path, checkpoint_run_id, run_identity
+    from ..codedeps import training_code_version
     from ..data import load_corpus
     from ..device import device_description, set_precision, use_threads
     from ..modelfile import save_model
@@ -188,18 +194,21 @@ def _train(params: Params, world: World, device: torch.device, tracking_on: bool
     corpus = load_corpus(PREPARED_DIR)
     use_threads(params.train.num_threads)  # before the run tags describe the device
     set_precision(params.train.precision, device)  # fails before a tracking run is opened
-    code = code_version(Path(__file__))
-    checkpoint = CHECKPOINT_DIR / name / "last.pt"
+    code = training_code_version()
+    identity = run_identity(name, config, corpus, params.train, code, world.size)
+    checkpoint = checkpoint_path(project_root(), identity)
     enabled = params.tracking.enabled if tracking_on is None else tracking_on
+    if world.is_main:
+        _say_start(params, device, checkpoint, world.size)
     if enabled and world.is_main:
-        identity = run_identity(name, config, corpus, params.train, code, world.size)
         previous = checkpoint_run_id(checkpoint, identity)
         tracker = tracking.open_tracker(params.tracking, tracking.run_name(name), previous)
     else:
         tracker = tracking.NullTracker()
     try:
         tags = tracking.run_tags(name, device.type, device_description(device))
-        tracker.set_tags({**tags, "processes": world.size})
+        settings = run_settings_tags(params, resumed=tracker.reopened)
+        tracker.set_tags({**tags, **settings, "processes": world.size})
         tracker.log_params(run_params(params))
         result = train(
             name,
@@ -207,7 +216,7 @@ def _train(params: Params, world: World, device: torch.device, tracking_on: bool
             params.train,
             corpus,
             checkpoint,
-            on_epoch=tracker.log_epoch,
+            on_epoch=_epoch_logger(tracker),
             code_version=code,
             tracking_run_id=tracker.run_id,
             device=device,
@@ -215,9 +224,10 @@ def _train(params: Params, world: World, device: torch.device, tracking_on: bool
         )
         if not world.is_main:
             return
-        save_model(MODELS_DIR / name / "model.pt", result.model, name, corpus)
-        files = _write_results(params, result, device, world.size)
-        _log_training(tracker, result, files, MODELS_DIR / name / "model.pt")
+        model_file = MODELS_DIR / name / "model.pt"
+        save_model(model_file, result.model, name, corpus)
+        files = _write_results(params, result, device, world.size, md5_of(model_file))
+        _log_training(tracker, result, files, model_file)
         tracker.write_run_file(MODELS_DIR / name / RUN_FILE)
     except BaseException:
         tracker.end(failed=True)
@@ -229,3 +239,50 @@ def _train(params: Params, world: World, device: torch.device, tracking_on: bool
         f"{result.valid_perplexity:.2f}, {result.words_per_sec:,.0f} words/s, "
         f"{result.wall_time_s:.1f} s"
     )
+    if note := _others_note(checkpoint):
+        click.echo(f"note: {note}")
+
+
+def _say_start(params: Params, device, checkpoint: Path, processes: int) -> None:
+    """One line before the first epoch: what trains where, and where its checkpoint is."""
+    from ..device import device_description
+
+    config = params.config
+    where = device_description(device) + (f" x {processes} processes" if processes > 1 else "")
+    click.echo(
+        f"train {params.model}: {config.max_max_epoch} epochs, seed {params.train.seed}, "
+        f"{params.train.precision} on {where}; checkpoint {checkpoint}",
+        err=True,
+    )
+    if note := _others_note(checkpoint):
+        click.echo(f"note: {note}", err=True)
+
+
+def _others_note(checkpoint: Path) -> str | None:
+    """The other checkpoints of this config, so they never pile up unseen."""
+    from ..checkpoint import others
+
+    found = others(checkpoint)
+    if not found:
+        return None
+    size = sum(p.stat().st_size for p in found) / 1e6
+    return (
+        f"{len(found)} other checkpoint(s) of {checkpoint.parent.name} in {checkpoint.parent} "
+        f"({size:,.1f} MB), kept for the runs they belong to: `ptblm checkpoints` lists them"
+    )
+
+
+# Tests only: kill -9 this process after the first epoch it checkpoints, before that epoch's
+# metrics reach MLflow: the one gap a kill can leave between an epoch's two records.
+KILL_AFTER_CHECKPOINT_ENV = "PTBLM_TEST_KILL_AFTER_CHECKPOINT"
+
+
+def _epoch_logger(tracker: tracking.NullTracker):
+    kill = os.environ.get(KILL_AFTER_CHECKPOINT_ENV) == "1"
+
+    def log(record: dict[str, Any]) -> None:
+        if kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        tracker.log_epoch(record)
+
+    return log
