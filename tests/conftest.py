@@ -11,6 +11,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -170,16 +171,39 @@ TINY_CONFIG = {
 }  # fmt: skip
 
 
+def write_corpus(root: Path, train_tokens: int = 4000, seed: int = 0) -> Path:
+    """The synthetic corpus's texts under root/text, prepared into root/data/prepared."""
+    from ptblm.data import prepare
+
+    texts = write_texts(root / "text", train_tokens, seed)
+    prepare(texts, root / "data" / "prepared")
+    return root / "data" / "prepared"
+
+
+def tiny_params(epochs: int, **changes: Any) -> dict:
+    """This checkout's params.yaml selecting config `tiny` (TINY_CONFIG with `changes`), on
+    the CPU, one thread."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params.update(model="tiny")
+    params["models"]["tiny"] = {**TINY_CONFIG, "max_max_epoch": epochs, **changes}
+    params["train"].update(device="cpu", num_threads=1)
+    return params
+
+
+def tiny_workdir(root: Path, epochs: int, **changes: Any) -> Path:
+    """A folder to run the stages' commands in (no git, no DVC): the synthetic corpus
+    prepared, and params.yaml selecting `tiny`."""
+    write_corpus(root, train_tokens=20_000)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs, **changes)))
+    return root
+
+
 def make_tiny_project(parent: Path, epochs: int, train_tokens: int = 20_000) -> Path:
     """A git + DVC project of this checkout's pipeline, selecting config `tiny` on a synthetic
     corpus, with fetch, extract and prepare done and locked (dvc commit: real DVC state, as
     after a first `dvc repro`), so `dvc exp run` runs check, train and evaluate in seconds."""
     repo = make_project(parent)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params.update(model="tiny")
-    params["models"]["tiny"] = {**TINY_CONFIG, "max_max_epoch": epochs}
-    params["train"].update(device="cpu", num_threads=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs), sort_keys=False))
     texts = write_texts(repo / "data" / "ptb", train_tokens)
     raw = repo / "data" / "raw" / "simple-examples.tgz"
     raw.parent.mkdir(parents=True)

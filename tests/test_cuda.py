@@ -176,13 +176,13 @@ def test_two_trainings_on_a_one_gpu_machine_run_one_after_the_other(tmp_path):
     import subprocess
 
     import yaml
-    from conftest import tool_env
-    from test_train import tiny_project, train_cmd
+    from conftest import tiny_workdir, tool_env
+    from test_train import train_cmd
 
     env = tool_env(CUDA_VISIBLE_DEVICES="0", PTBLM_GPU_LOCK_DIR=str(tmp_path / "locks"))
     procs = []
     for name in ("first", "second"):
-        root = tiny_project(tmp_path / name, 3)
+        root = tiny_workdir(tmp_path / name, 3)
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["train"].update(device="cuda")
         (root / "params.yaml").write_text(yaml.safe_dump(params))

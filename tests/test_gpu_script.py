@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, make_project, run, tool_env
-from test_train import write_corpus
+from conftest import PROJECT_ROOT, make_project, run, tool_env, write_corpus
+
+pytestmark = pytest.mark.e2e  # real training processes
 
 
 def gpu_script(repo: Path, out: Path, *parts: str, **env: str):

@@ -23,6 +23,8 @@ from test_tracking import free_port
 import ptblm
 from ptblm.score import parse, score
 
+pytestmark = pytest.mark.e2e  # real training processes
+
 SENTENCES = ["the company said it expects a loss", "The shares rose 5% to $12 million."]
 NOISE = ("UserWarning", "FutureWarning", "Downloading artifacts", " INFO ", "system metrics")
 

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-from conftest import PROJECT_ROOT, kill_after_epoch, run, tool_env
-from test_train import TINY, write_corpus
+import pytest
+from conftest import PROJECT_ROOT, kill_after_epoch, run, tiny_workdir, tool_env
+
+pytestmark = pytest.mark.e2e  # real training processes
 
 PLAIN_RUN = PROJECT_ROOT / "benchmarks" / "plain_run.py"
-
-
-def _project(root: Path, **changes) -> Path:
-    write_corpus(root, train_tokens=20_000)
-    config = dataclasses.asdict(dataclasses.replace(TINY, **changes))
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params.update(model="tiny", models={"tiny": config})
-    params["train"].update(device="cpu", num_threads=1)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return root
 
 
 def _plain_run(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -33,7 +23,7 @@ def _plain_run(root: Path, *args: str, check: bool = True) -> subprocess.Complet
 def test_plain_loop_lands_where_ours_does_and_bad_input_fails_first(tmp_path):
     # Dropout on: on CPU the plain loop draws ours' masks, so the two agree to float rounding
     # (~1e-8 here) until the third epoch's sudden drop in perplexity amplifies that rounding.
-    root = _project(tmp_path, max_max_epoch=2)
+    root = tiny_workdir(tmp_path, 2)
     for stage in ("train", "evaluate"):
         run([sys.executable, str(PROJECT_ROOT / "stages" / f"{stage}.py")], root, env=tool_env())
 
@@ -57,14 +47,14 @@ def test_plain_loop_lands_where_ours_does_and_bad_input_fails_first(tmp_path):
 
 
 def test_killed_plain_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
-    changes = {"max_max_epoch": 12}  # dropout on: resuming must restore the RNG stream too
-    straight = _project(tmp_path / "straight", **changes)
+    # dropout on: resuming must restore the RNG stream too; killed after epoch 1 of 3
+    straight = tiny_workdir(tmp_path / "straight", 3)
     _plain_run(straight, "--config", "tiny")
 
-    killed = _project(tmp_path / "killed", **changes)
+    killed = tiny_workdir(tmp_path / "killed", 3)
     folder = killed / "checkpoints" / "plain-tiny"
     cmd = [sys.executable, str(PLAIN_RUN), "--device", "cpu", "--out", "out", "--config", "tiny"]
-    kill_after_epoch(cmd, killed, folder)
+    kill_after_epoch(cmd, killed, folder, epoch=1)
     assert not (killed / "out").exists()
 
     rerun = _plain_run(killed, "--config", "tiny")

@@ -210,3 +210,12 @@ def test_a_killed_queued_run_resumes_when_queued_again(tiny_template, tmp_path):
         dvc(repo, "queue", "stop", "--kill", env=tool_env(repo), check=False)
     assert list(checkpoints(repo).values()) == [1]  # the first run's is gone, (d)'s stays
     assert_first_run_finished(repo, first.info.run_id)
+    # queued runs execute in temp copies; $DVC_ROOT brings their runs, scores and artifacts
+    # back to <root>/mlflow.db and <root>/mlruns, not into the deleted copies
+    (done, _), *_ = runs(repo)
+    assert "test_perplexity" in done.data.metrics
+    assert done.info.artifact_uri.startswith((repo / "mlruns").as_uri())
+    from mlflow.tracking import MlflowClient
+
+    store = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    assert "learning_curve.png" in {a.path for a in store.list_artifacts(done.info.run_id)}

@@ -7,7 +7,6 @@ import functools
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -19,14 +18,17 @@ import torch
 import yaml
 from conftest import (
     PROJECT_ROOT,
+    TINY_CONFIG,
     kill_after_epoch,
+    tiny_workdir,
     tool_env,
     trained_perplexities,
     wait_for_epoch,
+    write_corpus,
 )
 
 from ptblm.config import ModelConfig, TrainParams
-from ptblm.data import DataError, load_corpus, prepare
+from ptblm.data import DataError, load_corpus
 from ptblm.device import cpu_runs_bf16_lstm, set_precision
 from ptblm.epoch import perplexity
 from ptblm.errors import TrainingError
@@ -34,40 +36,7 @@ from ptblm.model import PTBModel
 from ptblm.modelfile import load_for_config, save_model
 from ptblm.train import train
 
-TINY = ModelConfig(
-    init_scale=0.1,
-    learning_rate=1.0,
-    max_grad_norm=5.0,
-    num_layers=2,
-    num_steps=10,
-    hidden_size=16,
-    max_epoch=2,
-    max_max_epoch=3,
-    keep_prob=0.8,  # dropout on, so resuming must restore the RNG stream too
-    lr_decay=0.5,
-    batch_size=10,
-    vocab_size=40,
-)
-
-
-def write_corpus(root: Path, train_tokens: int = 4000, seed: int = 0) -> Path:
-    """Text with learnable structure (a noisy cycle of words) so perplexity falls."""
-    rng = random.Random(seed)
-    words = [f"w{i}" for i in range(30)]
-
-    def text(n: int) -> str:
-        out, i = [], 0
-        for _ in range(n):
-            i = (i + 1) % len(words) if rng.random() < 0.8 else rng.randrange(len(words))
-            out.append(words[i] + (" \n " if rng.random() < 0.1 else " "))
-        return "".join(out)
-
-    text_dir = root / "text"
-    text_dir.mkdir(parents=True)
-    for split, n in (("train", train_tokens), ("valid", 800), ("test", 800)):
-        (text_dir / f"ptb.{split}.txt").write_text(text(n), encoding="utf-8")
-    prepare(text_dir, root / "data" / "prepared")
-    return root / "data" / "prepared"
+TINY = ModelConfig(**TINY_CONFIG)  # dropout on: resuming must restore the RNG stream too
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +204,7 @@ def test_a_model_file_that_is_no_dict_or_has_unknown_keys_is_a_one_line_error(co
 def test_model_file_of_a_variant_loads_in_evaluate_and_another_variant_is_refused(tmp_path):
     """A tied GRU's model file through the real `evaluate` command: scored when the params
     match it, refused in one line naming the difference when they do not."""
-    root = tiny_project(tmp_path, epochs=1, cell="gru", tie_weights=True, dropout="variational")
+    root = tiny_workdir(tmp_path, epochs=1, cell="gru", tie_weights=True, dropout="variational")
     corpus = load_corpus(root / "data" / "prepared")
     params = yaml.safe_load((root / "params.yaml").read_text())
     config = ModelConfig(**params["models"]["tiny"])
@@ -279,16 +248,6 @@ def test_loading_never_unpickles_arbitrary_objects(corpus, tmp_path, monkeypatch
 # --- the real thing: a training process killed with SIGKILL, then run again -------------
 
 
-def tiny_project(root: Path, epochs: int, **changes) -> Path:
-    write_corpus(root, train_tokens=20_000)
-    config = dataclasses.asdict(dataclasses.replace(TINY, max_max_epoch=epochs, **changes))
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params.update(model="tiny", models={"tiny": config})
-    params["train"].update(device="cpu", num_threads=1)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return root
-
-
 def train_cmd(tracking: bool = False) -> list[str]:
     flag = "--tracking" if tracking else "--no-tracking"
     return [sys.executable, str(PROJECT_ROOT / "stages" / "train.py"), flag]
@@ -299,14 +258,15 @@ def _finished_outputs(root: Path) -> tuple[dict, str]:
     return train_json, (root / "plots" / "tiny" / "history.csv").read_text()
 
 
+@pytest.mark.e2e
 def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     epochs = 4
-    straight = tiny_project(tmp_path / "straight", epochs)
+    straight = tiny_workdir(tmp_path / "straight", epochs)
     subprocess.run(
         train_cmd(), cwd=straight, env=tool_env(), check=True, capture_output=True, timeout=600
     )
 
-    killed = tiny_project(tmp_path / "killed", epochs)
+    killed = tiny_workdir(tmp_path / "killed", epochs)
     checkpoint = kill_after_epoch(train_cmd(), killed, killed / "checkpoints" / "tiny")
     assert not (killed / "metrics" / "tiny" / "train.json").exists()
     done = torch.load(checkpoint, weights_only=True)["epoch"]
@@ -364,13 +324,14 @@ def _grandchildren(pid: int) -> list[int]:
     return [g for child in children.get(pid, []) for g in children.get(child, [])]
 
 
+@pytest.mark.e2e
 def test_a_rank_killed_with_kill_9_restarts_the_group_from_the_checkpoint(tmp_path):
     """train.nproc_per_node 2 with max_restarts 1: torchrun restarts both gloo ranks, which
     resume from rank 0's checkpoint; one FINISHED MLflow run with every epoch once."""
     from mlflow.tracking import MlflowClient
 
     epochs = 6
-    root = tiny_project(tmp_path / "ddp", epochs)
+    root = tiny_workdir(tmp_path / "ddp", epochs)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"].update(nproc_per_node=2, max_restarts=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -394,12 +355,13 @@ def test_a_rank_killed_with_kill_9_restarts_the_group_from_the_checkpoint(tmp_pa
     assert json.loads((root / "metrics" / "tiny" / "train.json").read_text())["epochs"] == epochs
 
 
+@pytest.mark.e2e
 def test_killing_the_train_stage_ends_its_ranks_and_the_rerun_resumes_exactly(tmp_path):
     """kill -9 of the stage (not of torchrun): no rank goes on without it; the rerun resumes
     from rank 0's checkpoint and, dropout on, ends where an uninterrupted 2-process run does."""
     roots = {}
     for name in ("straight", "killed"):
-        roots[name] = tiny_project(tmp_path / name, 4)
+        roots[name] = tiny_workdir(tmp_path / name, 4)
         params = yaml.safe_load((roots[name] / "params.yaml").read_text())
         params["train"].update(nproc_per_node=2)
         (roots[name] / "params.yaml").write_text(yaml.safe_dump(params))
