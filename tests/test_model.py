@@ -15,6 +15,7 @@ from ptblm.config import ModelConfig
 from ptblm.data import batchify
 from ptblm.epoch import evaluate_split, run_epoch
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
+from ptblm.reference import reference_step
 from ptblm.step import TrainStep, clip_by_global_norm, learning_rate
 
 TINY = ModelConfig(
@@ -248,7 +249,8 @@ def test_fast_test_evaluation_equals_literal_num_steps_one():
 
 @pytest.mark.parametrize("max_grad_norm, bites", [(5.0, False), (0.5, True)])
 def test_sgd_step_uses_the_summed_cost_gradient(max_grad_norm: float, bites: bool):
-    """One training step of run_epoch equals a hand-written TF step: clip, then p -= lr * g.
+    """One training step of run_epoch equals reference.reference_step: the same cost, and
+    every parameter after the update.
 
     The gradient's norm is 1.4: a clip of 0.5 bites, making the update 0.5 * g / |g|, blind
     to any scale of the cost that keeps the norm above 0.5 (a cost summed over the batch
@@ -261,19 +263,17 @@ def test_sgd_step_uses_the_summed_cost_gradient(max_grad_norm: float, bites: boo
     data = batchify(ids(3 * 6), 3)  # exactly one window of 5 steps
     step = TrainStep(model)
     step.set_lr(0.7)
-    run_epoch(model, data, 5, step=step)
+    result = run_epoch(model, data, 5, step=step)
 
-    logits, _ = reference(data[:, :5], reference.zero_state(3))
-    cost = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten()) * 5
-    grads = torch.autograd.grad(cost, list(reference.parameters()))
-    norm = torch.sqrt(sum((g**2).sum() for g in grads)).item()
-    assert (norm > max_grad_norm) == bites, norm
-    scale = max_grad_norm / max(norm, max_grad_norm)
-    for (name, p), p_ref, g in zip(
-        model.named_parameters(), reference.parameters(), grads, strict=True
-    ):
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.7)
+    x, y = data[:, :5], data[:, 1:]
+    cost, _ = reference_step(reference, optimizer, x, y, reference.zero_state(3), max_grad_norm)
+    assert result.perplexity == pytest.approx(math.exp(cost.item() / 5), rel=1e-6)
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()]))
+    assert (clipped.item() == pytest.approx(max_grad_norm, rel=1e-4)) == bites, clipped
+    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(
-            p, p_ref - 0.7 * scale * g, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            p, p_ref, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
         )
 
 

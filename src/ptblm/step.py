@@ -1,7 +1,8 @@
 """The training step: one truncated-BPTT update, clipping, the learning-rate schedule.
 
-`TrainStep` is the step as the loop and the benchmark call it; on CUDA it replays the step
-as a CUDA graph.
+Read `reference.reference_step` first: the same update in plain PyTorch (loss, clip, step),
+the definition this one must equal. `TrainStep` is the step as the loop and the benchmark
+call it; on CUDA it replays the step as a CUDA graph.
 """
 
 from __future__ import annotations

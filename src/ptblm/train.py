@@ -1,7 +1,8 @@
 """The main training loop, `train()`: the tutorial's epochs, with checkpoints that resume exactly.
 
-Imports torch only; tracking comes in through the `on_epoch` callback, so this
-runs on a machine that has nothing but torch.
+Each step is `reference.reference_step`'s update (loss, clip, step, as pytorch/examples'
+main.py writes it), done faster by `step.TrainStep`. Imports torch only; tracking comes in
+through the `on_epoch` callback, so this runs on a machine that has nothing but torch.
 """
 
 from __future__ import annotations
