@@ -3,7 +3,7 @@
 The benchmark's trajectory check follows 20 steps; this answers the question for a
 whole run: do ptblm's final perplexities land where the loop most people write lands,
 from the same seed and the same initial weights? The plain loop (`plain.PlainModel`,
-`plain.plain_train_step`) trains with the tutorial's schedule; after every epoch its
+`ptblm.reference.reference_step`) trains with the tutorial's schedule; after every epoch its
 weights go into a `PTBModel` and ptblm's own `run_epoch` / `evaluate_split` score them,
 so any difference comes from training alone. Given ours' results (`metrics/<config>`
 of a `ptblm train` + `ptblm evaluate` from the same params), it prints and saves the
@@ -28,7 +28,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from plain import PlainModel, plain_train_step
+from plain import PlainModel
 from ptblm.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
@@ -38,6 +38,7 @@ from ptblm.epoch import evaluate_split, perplexity, run_epoch
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
+from ptblm.reference import reference_step
 from ptblm.step import learning_rate
 from report import environment
 from workload import synchronize
@@ -82,8 +83,8 @@ def train_plain(
         batches = iterate_batches(train_data, config.num_steps, False)
         bar = tqdm(batches, total=steps, desc=f"plain epoch {epoch}", leave=False, disable=None)
         for x, y in bar:
-            cost, carried = plain_train_step(model, optimizer, x, y, carried, config.max_grad_norm)
-            total += cost
+            cost, carried = reference_step(model, optimizer, x, y, carried, config.max_grad_norm)
+            total += cost.item()
         synchronize(device)
         seconds = time.perf_counter() - start
         valid = run_epoch(model.copy_into(ours), valid_data, config.num_steps, desc="valid")
