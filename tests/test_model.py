@@ -16,7 +16,7 @@ from ptblm.data import batchify
 from ptblm.epoch import evaluate_split, run_epoch
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
 from ptblm.reference import reference_step
-from ptblm.step import TrainStep, clip_by_global_norm, learning_rate
+from ptblm.step import TrainStep, learning_rate, set_clip_scale
 
 TINY = ModelConfig(
     init_scale=0.1,
@@ -129,7 +129,7 @@ def test_clip_by_global_norm_is_tf_formula_applied_by_the_step():
     def step(max_norm: float) -> float:
         params[0].grad = torch.tensor([3.0, 0.0, 0.0])
         params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])
-        norm = clip_by_global_norm(optimizer, params, max_norm)
+        norm = set_clip_scale(optimizer, params, max_norm)
         optimizer.step()
         return norm.item()
 

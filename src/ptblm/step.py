@@ -37,13 +37,14 @@ def learning_rate(config: ModelConfig, epoch: int, history: Sequence[dict] = ())
     return lr
 
 
-def clip_by_global_norm(
+def set_clip_scale(
     optimizer: torch.optim.SGD, params: list[torch.nn.Parameter], max_norm: float
 ) -> torch.Tensor:
-    """TF's clip_by_global_norm, done by the next fused step: g * max_norm / max(norm, max_norm).
+    """Set the next fused step's clip: g * max_norm / max(norm, max_norm), TF's clip_by_global_norm.
 
-    The divisor goes in as the optimizer's `grad_scale` (the hook AMP's GradScaler
-    uses), so clipping costs no pass of its own over the gradients and no host sync.
+    Clips nothing itself: the divisor goes in as the optimizer's `grad_scale` (the hook AMP's
+    GradScaler uses), so clipping costs no pass of its own over the gradients and no host
+    sync. Returns the global norm before clipping.
     """
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -71,7 +72,7 @@ def train_step(
         cost, state = cost_of(x, y, state)
     optimizer.zero_grad(set_to_none=True)
     cost.backward()
-    clip_by_global_norm(optimizer, params, max_grad_norm)
+    set_clip_scale(optimizer, params, max_grad_norm)
     optimizer.step()
     return cost.detach(), detach(state)
 
