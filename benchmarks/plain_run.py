@@ -39,7 +39,7 @@ from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
 from ptblm.reference import reference_step
-from ptblm.step import learning_rate
+from ptblm.schedule import learning_rate
 from report import environment
 from workload import synchronize
 

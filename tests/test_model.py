@@ -16,7 +16,8 @@ from ptblm.data import batchify
 from ptblm.epoch import evaluate_split, run_epoch
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
 from ptblm.reference import reference_step
-from ptblm.step import TrainStep, learning_rate, set_clip_scale
+from ptblm.schedule import learning_rate
+from ptblm.step import TrainStep, set_clip_scale
 
 TINY = ModelConfig(
     init_scale=0.1,

@@ -13,7 +13,8 @@ from ptblm.config import ModelConfig
 from ptblm.data import batchify
 from ptblm.epoch import run_epoch
 from ptblm.model import LockedDropout, PTBModel, detach
-from ptblm.step import TrainStep, learning_rate
+from ptblm.schedule import learning_rate
+from ptblm.step import TrainStep
 
 TINY = ModelConfig(
     init_scale=0.1,

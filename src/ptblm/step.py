@@ -1,4 +1,4 @@
-"""The training step: one truncated-BPTT update, clipping, the learning-rate schedule.
+"""The training step: one truncated-BPTT update, its gradient clipped by global norm.
 
 Read `reference.reference_step` first: the same update in plain PyTorch (loss, clip, step),
 the definition this one must equal. `TrainStep` is the step as the loop and the benchmark
@@ -8,33 +8,13 @@ call it; on CUDA it replays the step as a CUDA graph.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
 from .device import autocast
 from .model import PTBModel, State, detach
-
-
-def learning_rate(config: ModelConfig, epoch: int, history: Sequence[dict] = ()) -> float:
-    """The learning rate of `epoch` (1-based), given the records of the epochs before it.
-
-    lr_schedule epoch (the tutorial's): learning_rate * lr_decay ** max(epoch - max_epoch, 0).
-    lr_schedule plateau (pytorch/examples word_language_model): multiplied by lr_decay after
-    every epoch from max_epoch on whose validation perplexity is no better than the best
-    before it. A function of the history alone, so a resumed run gets the same rates.
-    """
-    if config.lr_schedule == "epoch":
-        return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
-    lr, best = config.learning_rate, math.inf
-    for record in history[: epoch - 1]:
-        if record["epoch"] >= config.max_epoch and record["valid_perplexity"] >= best:
-            lr *= config.lr_decay
-        best = min(best, record["valid_perplexity"])
-    return lr
 
 
 def set_clip_scale(

@@ -34,7 +34,8 @@ from .distributed import (
 )
 from .epoch import EpochResult, run_epoch
 from .model import PTBModel
-from .step import TrainStep, learning_rate
+from .schedule import learning_rate
+from .step import TrainStep
 
 
 @dataclass
