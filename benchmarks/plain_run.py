@@ -4,7 +4,7 @@ The benchmark's trajectory check follows 20 steps; this answers the question for
 whole run: do ptblm's final perplexities land where the loop most people write lands,
 from the same seed and the same initial weights? The plain loop (`plain.PlainModel`,
 `ptblm.reference.reference_step`) trains with the tutorial's schedule; after every epoch its
-weights go into a `PTBModel` and ptblm's own `run_epoch` / `evaluate_split` score them,
+weights go into a `PTBModel` and ptblm's own `score_epoch` / `evaluate_split` score them,
 so any difference comes from training alone. Given ours' results (`metrics/<config>`
 of a `ptblm train` + `ptblm evaluate` from the same params), it prints and saves the
 relative differences.
@@ -34,7 +34,7 @@ from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
 from ptblm.device import resolve_device, set_precision
-from ptblm.epoch import evaluate_split, perplexity, run_epoch
+from ptblm.epoch import evaluate_split, perplexity, score_epoch
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
@@ -87,7 +87,7 @@ def train_plain(
             total += cost.item()
         synchronize(device)
         seconds = time.perf_counter() - start
-        valid = run_epoch(model.copy_into(ours), valid_data, config.num_steps, desc="valid")
+        valid = score_epoch(model.copy_into(ours), valid_data, config.num_steps, desc="valid")
         record = {
             "epoch": epoch,
             "lr": lr,

@@ -32,7 +32,7 @@ from .distributed import (
     slowest,
     summed,
 )
-from .epoch import EpochResult, run_epoch
+from .epoch import EpochResult, score_epoch, train_epoch
 from .model import PTBModel
 from .schedule import learning_rate
 from .step import TrainStep
@@ -120,20 +120,20 @@ def train(
             torch.manual_seed(epoch_seed(settings.seed, epoch, world))
         lr = learning_rate(config, epoch, state.history)
         step.set_lr(lr)
-        trained = run_epoch(
+        trained = train_epoch(
             model,
             train_data,
             config.num_steps,
-            step=step,
+            step,
             desc=f"epoch {epoch} train",
             epoch=epoch,
             quiet=not world.is_main,
         )
-        valid = run_epoch(
+        valid = score_epoch(
             model,
             valid_data,
             config.num_steps,
-            precision=settings.precision,
+            settings.precision,
             desc=f"epoch {epoch} valid",
             epoch=epoch,
             quiet=not world.is_main,
