@@ -122,9 +122,11 @@ def _pass(
     return EpochResult(perplexity(total, iters), iters * batch_size, seconds)
 
 
-def perplexity(total_cost: float, steps: int) -> float:
-    """exp(costs / iters), inf rather than OverflowError for a model gone wild; NaN stays NaN."""
-    mean = total_cost / steps
+def perplexity(total_cost: float, count: int) -> float:
+    """exp(total_cost / count): the cost in nats (minus a log-probability) summed over `count`
+    tokens, or time steps of batch-mean costs; inf rather than OverflowError for a model gone
+    wild, and NaN stays NaN. Training, evaluation and `ptblm score` all report this one."""
+    mean = total_cost / count
     if math.isnan(mean):
         return math.nan
     return math.exp(mean) if mean < 709.0 else math.inf
