@@ -22,7 +22,6 @@ from .errors import PtblmError
 from .text import EOS, UNK, normalize
 
 TOKENS_PER_BATCH = 2048  # padded tokens per forward pass: [2048, vocab] logits, ~80 MB
-FORMATS = ("table", "csv", "jsonl")
 
 
 class ScoreError(PtblmError):
