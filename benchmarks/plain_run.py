@@ -98,7 +98,7 @@ def train_plain(
         }
         state.history.append(record)
         state.epoch = epoch
-        save_checkpoint(checkpoint, identity, model, optimizer, lr, state)
+        save_checkpoint(checkpoint, identity, model, optimizer, state)
         tqdm.write(
             f"plain epoch {epoch:3d}  lr {lr:.4f}  train ppl {record['train_perplexity']:8.2f}  "
             f"valid ppl {valid.perplexity:8.2f}  {record['words_per_sec']:9.0f} words/s"

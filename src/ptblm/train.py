@@ -151,9 +151,7 @@ def train(
         state.epoch = epoch
         if not world.is_main:
             continue
-        save_checkpoint(
-            checkpoint_path, identity, model, step.optimizer, lr, state, tracking_run_id
-        )
+        save_checkpoint(checkpoint_path, identity, model, step.optimizer, state, tracking_run_id)
         tqdm.write(
             f"epoch {epoch:3d}  lr {lr:.4f}  train ppl {trained.perplexity:8.2f}  "
             f"valid ppl {valid.perplexity:8.2f}  {trained.words_per_sec:9.0f} words/s  "
