@@ -8,12 +8,13 @@ import time
 import click
 import torch
 
-from plain import PlainModel, plain_train_step
+from plain import PlainModel
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
 from ptblm.device import set_precision
 from ptblm.errors import TrainingError
 from ptblm.model import PTBModel
+from ptblm.reference import reference_step
 from ptblm.step import TrainStep
 from workload import Workload, synchronize, windows
 
@@ -69,10 +70,11 @@ class Trainer:
         return self.step(x, y)
 
     def plain_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        cost, self.state = plain_train_step(
+        """The reference step, and .item() every step, as the loop most people write."""
+        cost, self.state = reference_step(
             self.model, self.optimizer, x, y, self.state, self.config.max_grad_norm
         )
-        return cost
+        return cost.item()
 
 
 def supported(precisions: list[str], device: torch.device) -> list[str]:

@@ -1,6 +1,8 @@
 """The plain PyTorch loop, as most people write it: the yardstick ptblm is measured against.
 
-The benchmark times it beside ours; benchmarks/plain_run.py trains it through a whole run.
+Its model is `PlainModel` (nn.Linear's layout, autograd's cross entropy); its update is the
+library's `ptblm.reference.reference_step`, the definition ours must equal. The benchmark
+times it beside ours; benchmarks/plain_run.py trains it through a whole run.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptblm.model import PTBModel, detach
+from ptblm.model import PTBModel
 
 
 class PlainModel(nn.Module):
@@ -50,24 +52,6 @@ class PlainModel(nn.Module):
             ours.softmax.weight.copy_(self.decoder.weight.t())
             ours.softmax.bias.copy_(self.decoder.bias)
         return ours
-
-
-def plain_train_step(
-    model: PlainModel,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    state,
-    max_grad_norm: float,
-) -> tuple[float, tuple]:
-    """The loop most people write: logits, mean CE * num_steps, clip_grad_norm_, .item()."""
-    logits, state = model(x, state)
-    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) * x.size(1)
-    optimizer.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    return loss.item(), detach(state)
 
 
 def plain_evaluate(ours: PTBModel, ids: torch.Tensor, device: torch.device) -> float:

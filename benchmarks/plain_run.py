@@ -3,8 +3,8 @@
 The benchmark's trajectory check follows 20 steps; this answers the question for a
 whole run: do ptblm's final perplexities land where the loop most people write lands,
 from the same seed and the same initial weights? The plain loop (`plain.PlainModel`,
-`plain.plain_train_step`) trains with the tutorial's schedule; after every epoch its
-weights go into a `PTBModel` and ptblm's own `run_epoch` / `evaluate_split` score them,
+`ptblm.reference.reference_step`) trains with the tutorial's schedule; after every epoch its
+weights go into a `PTBModel` and ptblm's own `score_epoch` / `evaluate_split` score them,
 so any difference comes from training alone. Given ours' results (`metrics/<config>`
 of a `ptblm train` + `ptblm evaluate` from the same params), it prints and saves the
 relative differences.
@@ -28,17 +28,18 @@ import click
 import torch
 from tqdm import tqdm
 
-from plain import PlainModel, plain_train_step
+from plain import PlainModel
 from ptblm.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from ptblm.commands.common import CHECKPOINT_DIR, PREPARED_DIR, params_option
 from ptblm.config import Params, load_params
 from ptblm.data import batchify, iterate_batches, load_corpus
 from ptblm.device import resolve_device, set_precision
-from ptblm.epoch import evaluate_split, perplexity, run_epoch
+from ptblm.epoch import evaluate_split, perplexity, score_epoch
 from ptblm.errors import PtblmError
 from ptblm.fsutil import write_json
 from ptblm.model import PTBModel
-from ptblm.step import learning_rate
+from ptblm.reference import reference_step
+from ptblm.schedule import learning_rate
 from report import environment
 from workload import synchronize
 
@@ -82,11 +83,11 @@ def train_plain(
         batches = iterate_batches(train_data, config.num_steps, False)
         bar = tqdm(batches, total=steps, desc=f"plain epoch {epoch}", leave=False, disable=None)
         for x, y in bar:
-            cost, carried = plain_train_step(model, optimizer, x, y, carried, config.max_grad_norm)
-            total += cost
+            cost, carried = reference_step(model, optimizer, x, y, carried, config.max_grad_norm)
+            total += cost.item()
         synchronize(device)
         seconds = time.perf_counter() - start
-        valid = run_epoch(model.copy_into(ours), valid_data, config.num_steps, desc="valid")
+        valid = score_epoch(model.copy_into(ours), valid_data, config.num_steps, desc="valid")
         record = {
             "epoch": epoch,
             "lr": lr,
@@ -97,7 +98,7 @@ def train_plain(
         }
         state.history.append(record)
         state.epoch = epoch
-        save_checkpoint(checkpoint, identity, model, optimizer, lr, state)
+        save_checkpoint(checkpoint, identity, model, optimizer, state)
         tqdm.write(
             f"plain epoch {epoch:3d}  lr {lr:.4f}  train ppl {record['train_perplexity']:8.2f}  "
             f"valid ppl {valid.perplexity:8.2f}  {record['words_per_sec']:9.0f} words/s"

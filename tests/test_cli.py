@@ -55,3 +55,14 @@ def test_unknown_command_fails(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "No such command 'frobnicate'" in result.stderr
+
+
+def test_the_cli_imports_no_torch(tmp_path: Path) -> None:
+    """So `ptblm --help` (and a typo's error) answers at once: each command imports what
+    needs torch inside itself, when it runs."""
+    result = run(
+        [sys.executable, "-c", "import ptblm.cli, sys; print('torch' in sys.modules)"],
+        cwd=tmp_path,
+        env=tool_env(PROJECT_ROOT),
+    )
+    assert result.stdout.strip() == "False"

@@ -39,14 +39,14 @@ STEPS = textwrap.dedent(
         hidden_size=16, max_epoch=1, max_max_epoch=1, keep_prob=1.0, lr_decay=0.5,
         batch_size=8, vocab_size=50,
     )
-    norms, clip = [], ptblm.step.clip_by_global_norm
+    norms, clip = [], ptblm.step.set_clip_scale
 
     def recording_clip(optimizer, params, max_norm):
         norm = clip(optimizer, params, max_norm)
         norms.append(norm.item())  # after DDP's all-reduce: the global gradient's norm
         return norm
 
-    ptblm.step.clip_by_global_norm = recording_clip
+    ptblm.step.set_clip_scale = recording_clip
     world, device = world_from_env(), torch.device("cpu")
     start(world, device)
     torch.manual_seed(0)

@@ -13,9 +13,11 @@ from torch.nn import functional as F
 from ptblm import model as model_module
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
-from ptblm.epoch import evaluate_split, run_epoch
+from ptblm.epoch import evaluate_split, score_epoch, train_epoch
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
-from ptblm.step import TrainStep, clip_by_global_norm, learning_rate
+from ptblm.reference import reference_step
+from ptblm.schedule import learning_rate
+from ptblm.step import TrainStep, set_clip_scale
 
 TINY = ModelConfig(
     init_scale=0.1,
@@ -128,7 +130,7 @@ def test_clip_by_global_norm_is_tf_formula_applied_by_the_step():
     def step(max_norm: float) -> float:
         params[0].grad = torch.tensor([3.0, 0.0, 0.0])
         params[1].grad = torch.tensor([[0.0, 4.0], [0.0, 0.0]])
-        norm = clip_by_global_norm(optimizer, params, max_norm)
+        norm = set_clip_scale(optimizer, params, max_norm)
         optimizer.step()
         return norm.item()
 
@@ -179,8 +181,8 @@ def test_state_is_carried_across_batches():
     torch.manual_seed(0)
     model = PTBModel(dataclasses.replace(TINY, init_scale=1.0))  # so the state matters
     data = batchify(ids(3 * 41), 3)  # batch_len 41: 40 predictions per row
-    long_windows = run_epoch(model, data, 20)
-    short_windows = run_epoch(model, data, 5)
+    long_windows = score_epoch(model, data, 20)
+    short_windows = score_epoch(model, data, 5)
     # same tokens scored: carrying state makes the window length irrelevant
     assert short_windows.perplexity == pytest.approx(long_windows.perplexity, rel=1e-5)
 
@@ -202,9 +204,9 @@ def test_training_epochs_start_from_the_zero_state():
     data = batchify(ids(3 * 41), 3)
     step = TrainStep(model)
     step.set_lr(0.0)
-    first = run_epoch(model, data, 5, step=step)
+    first = train_epoch(model, data, 5, step)
     assert any(s.abs().sum() > 0 for s in step.state)  # the epoch ended in a non-zero state
-    second = run_epoch(model, data, 5, step=step)
+    second = train_epoch(model, data, 5, step)
     assert second.perplexity == first.perplexity
 
 
@@ -216,7 +218,7 @@ def test_training_detaches_state_between_batches():
     model = PTBModel(TINY)
     step = TrainStep(model)
     data = batchify(ids(3 * 16), 3)  # three windows of 5 steps
-    run_epoch(model, data, 5, step=step)
+    train_epoch(model, data, 5, step)
     assert all(s.grad_fn is None and not s.requires_grad for s in step.state)
 
 
@@ -224,7 +226,7 @@ def test_perplexity_is_exp_of_cost_over_steps():
     torch.manual_seed(0)
     model = PTBModel(TINY)
     data = batchify(ids(3 * 11), 3)  # two windows of 5 steps
-    result = run_epoch(model, data, 5)
+    result = score_epoch(model, data, 5)
     state, costs = model.zero_state(3), 0.0
     with torch.no_grad():
         for start in (0, 5):
@@ -240,7 +242,7 @@ def test_fast_test_evaluation_equals_literal_num_steps_one():
     torch.manual_seed(0)
     model = PTBModel(TINY)
     test_ids = ids(1203, seed=5)
-    literal = run_epoch(model, batchify(test_ids, 1), 1)  # the tutorial: batch 1, num_steps 1
+    literal = score_epoch(model, batchify(test_ids, 1), 1)  # the tutorial: batch 1, num_steps 1
     fast = evaluate_split(model, test_ids, 1, torch.device("cpu"))
     assert fast.words == literal.words == 1202  # every token but the first is predicted
     assert fast.perplexity == pytest.approx(literal.perplexity, rel=1e-5)
@@ -248,7 +250,8 @@ def test_fast_test_evaluation_equals_literal_num_steps_one():
 
 @pytest.mark.parametrize("max_grad_norm, bites", [(5.0, False), (0.5, True)])
 def test_sgd_step_uses_the_summed_cost_gradient(max_grad_norm: float, bites: bool):
-    """One training step of run_epoch equals a hand-written TF step: clip, then p -= lr * g.
+    """One training step of train_epoch equals reference.reference_step: the same cost, and
+    every parameter after the update.
 
     The gradient's norm is 1.4: a clip of 0.5 bites, making the update 0.5 * g / |g|, blind
     to any scale of the cost that keeps the norm above 0.5 (a cost summed over the batch
@@ -261,19 +264,17 @@ def test_sgd_step_uses_the_summed_cost_gradient(max_grad_norm: float, bites: boo
     data = batchify(ids(3 * 6), 3)  # exactly one window of 5 steps
     step = TrainStep(model)
     step.set_lr(0.7)
-    run_epoch(model, data, 5, step=step)
+    result = train_epoch(model, data, 5, step)
 
-    logits, _ = reference(data[:, :5], reference.zero_state(3))
-    cost = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten()) * 5
-    grads = torch.autograd.grad(cost, list(reference.parameters()))
-    norm = torch.sqrt(sum((g**2).sum() for g in grads)).item()
-    assert (norm > max_grad_norm) == bites, norm
-    scale = max_grad_norm / max(norm, max_grad_norm)
-    for (name, p), p_ref, g in zip(
-        model.named_parameters(), reference.parameters(), grads, strict=True
-    ):
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.7)
+    x, y = data[:, :5], data[:, 1:]
+    cost, _ = reference_step(reference, optimizer, x, y, reference.zero_state(3), max_grad_norm)
+    assert result.perplexity == pytest.approx(math.exp(cost.item() / 5), rel=1e-6)
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()]))
+    assert (clipped.item() == pytest.approx(max_grad_norm, rel=1e-4)) == bites, clipped
+    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(
-            p, p_ref - 0.7 * scale * g, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            p, p_ref, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
         )
 
 

@@ -11,9 +11,10 @@ from torch.nn import functional as F
 
 from ptblm.config import ModelConfig
 from ptblm.data import batchify
-from ptblm.epoch import run_epoch
+from ptblm.epoch import score_epoch, train_epoch
 from ptblm.model import LockedDropout, PTBModel, detach
-from ptblm.step import TrainStep, learning_rate
+from ptblm.schedule import learning_rate
+from ptblm.step import TrainStep
 
 TINY = ModelConfig(
     init_scale=0.1,
@@ -53,12 +54,12 @@ def test_each_variant_trains_and_lowers_the_loss(changes):
     torch.manual_seed(0)
     model = PTBModel(variant(init_scale=0.5, hidden_size=16, **changes))  # learns in 3 epochs
     data = batchify(cyclic_ids(3 * 201), 3)
-    before = run_epoch(model, data, 5).perplexity
+    before = score_epoch(model, data, 5).perplexity
     step = TrainStep(model)
     step.set_lr(0.5)
     for _ in range(3):
-        run_epoch(model, data, 5, step=step)
-    after = run_epoch(model, data, 5).perplexity
+        train_epoch(model, data, 5, step)
+    after = score_epoch(model, data, 5).perplexity
     assert after < 0.5 * before, (before, after)
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from .config import ModelConfig
-from .data import vocab_fingerprint
+from .data import read_vocab, vocab_fingerprint
 from .errors import PtblmError
 from .model import PTBModel
 from .modelfile import require_known_keys
@@ -74,7 +74,7 @@ def load_files(
         raise ModelError(f"{model_path}: not a ptb-lm model file ({exc})") from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
         raise ModelError(f"{model_path}: not a ptb-lm model file (no config and state_dict)")
-    vocab = payload.get("vocab") or _read_vocab(Path(vocab_path or PREPARED_VOCAB), model_path)
+    vocab = payload.get("vocab") or _vocab_from_file(Path(vocab_path or PREPARED_VOCAB), model_path)
     expected = payload.get("vocab_fingerprint")
     if expected and vocab_fingerprint(vocab) != expected:
         raise ModelError(
@@ -90,9 +90,11 @@ def load_files(
     return LanguageModel(model.to(device).eval(), vocab)
 
 
-def _read_vocab(path: Path, model_path: Path) -> list[str]:
+def _vocab_from_file(path: Path, model_path: Path) -> list[str]:
+    """For a model file that carries no vocabulary: the vocab.txt at `path`, or an error saying
+    where to get one."""
     try:
-        return path.read_text(encoding="utf-8").split("\n")[:-1]
+        return read_vocab(path)
     except FileNotFoundError:
         raise ModelError(
             f"{model_path} carries no vocabulary and {path} does not exist; run the prepare "

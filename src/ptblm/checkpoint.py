@@ -69,7 +69,6 @@ def save_checkpoint(
     identity: dict,
     model,
     optimizer,
-    lr: float,
     state: TrainState,
     tracking_run_id: str | None = None,
 ):
@@ -77,7 +76,6 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         **identity,
         "epoch": state.epoch,
-        "lr": lr,
         "history": state.history,
         "tracking_run_id": tracking_run_id,
         "model": model.state_dict(),

@@ -98,11 +98,17 @@ def prepare(text_dir: Path, out_dir: Path) -> dict:
     return stats
 
 
+def read_vocab(path: Path) -> list[str]:
+    """The words of a vocab.txt as `prepare` writes it: one a line, a word's id its line's
+    index. A missing file raises FileNotFoundError, for the caller to say what to run."""
+    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
+
+
 def load_corpus(prepared_dir: Path) -> Corpus:
     """Load what `prepare` wrote; milliseconds, no pickle."""
     prepared_dir = Path(prepared_dir)
     try:
-        vocab = (prepared_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        vocab = read_vocab(prepared_dir / "vocab.txt")
         splits = {
             split: torch.from_numpy(
                 np.load(prepared_dir / f"{split}.npy", allow_pickle=False).astype(np.int64)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,33 +31,70 @@ class EpochResult:
         return self.words / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_epoch(
+def train_epoch(
     model: PTBModel,
     data: torch.Tensor,
     num_steps: int,
+    step: TrainStep,
     *,
-    step: TrainStep | None = None,
+    desc: str = "",
+    epoch: int = 0,
+    quiet: bool = False,
+) -> EpochResult:
+    """One training pass over `data` ([batch, len] on the model's device): dropout on, the
+    step's carried state zeroed first, as at the start of every tutorial epoch."""
+    model.train()
+    step.reset_state()
+    with torch.enable_grad():
+        return _pass(data, num_steps, step, desc=desc, epoch=epoch, quiet=quiet)
+
+
+def score_epoch(
+    model: PTBModel,
+    data: torch.Tensor,
+    num_steps: int,
     precision: str = "fp32",
+    *,
     include_tail: bool = False,
     desc: str = "",
     epoch: int = 0,
     quiet: bool = False,
 ) -> EpochResult:
-    """One pass over `data` ([batch, len] on the model's device), state carried.
+    """Score `data` ([batch, len] on the model's device) without training: dropout off, no
+    gradients, state carried from zero. `include_tail`: see `iterate_batches`."""
+    model.eval()
+    device = data.device
+    state: State = model.zero_state(data.size(0), device)
 
-    With a `step` it trains (dropout on); without, it only scores. Costs are summed
-    on the device; the host reads them only when the progress bar refreshes. `quiet`: no
-    progress bar (the ranks of a distributed run other than 0).
+    def cost_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal state
+        with autocast(device, precision):
+            cost, state = model.cost(x, y, state)
+        return cost
+
+    with torch.no_grad():
+        return _pass(
+            data, num_steps, cost_of, include_tail=include_tail, desc=desc, epoch=epoch, quiet=quiet
+        )
+
+
+def _pass(
+    data: torch.Tensor,
+    num_steps: int,
+    cost_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    include_tail: bool = False,
+    desc: str,
+    epoch: int,
+    quiet: bool,
+) -> EpochResult:
+    """The loop both epochs share: `cost_of(x, y)` on every window in order (it carries the
+    state). Costs are summed on the device; the host reads them only when the progress bar
+    refreshes. `quiet`: no progress bar (the ranks of a distributed run other than 0).
     """
-    training = step is not None
-    model.train(training)
     batch_size, batch_len = data.shape
     steps = (batch_len - 1) // num_steps + int(include_tail and (batch_len - 1) % num_steps > 0)
     device = data.device
-    if training:
-        step.reset_state()
-    else:
-        state: State = model.zero_state(batch_size, device)
     step_costs = torch.zeros(steps, device=device, dtype=torch.float64)
     iters = 0
     start = time.perf_counter()
@@ -69,19 +107,13 @@ def run_epoch(
         disable=True if quiet else None,
     )
     refresh_every = max(1, steps // 20)
-    with torch.set_grad_enabled(training):
-        for i, (x, y) in enumerate(iterate_batches(data, num_steps, include_tail)):
-            if training:
-                cost = step(x, y)
-            else:
-                with autocast(device, precision):
-                    cost, state = model.cost(x, y, state)
-            step_costs[i] = cost
-            iters += x.size(1)
-            bar.update(1)
-            if (i + 1) % refresh_every == 0 or i + 1 == steps:
-                _check_finite(step_costs, i + 1, epoch, desc)
-                bar.set_postfix(ppl=f"{perplexity(step_costs[: i + 1].sum().item(), iters):.2f}")
+    for i, (x, y) in enumerate(iterate_batches(data, num_steps, include_tail)):
+        step_costs[i] = cost_of(x, y)
+        iters += x.size(1)
+        bar.update(1)
+        if (i + 1) % refresh_every == 0 or i + 1 == steps:
+            _check_finite(step_costs, i + 1, epoch, desc)
+            bar.set_postfix(ppl=f"{perplexity(step_costs[: i + 1].sum().item(), iters):.2f}")
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -90,9 +122,11 @@ def run_epoch(
     return EpochResult(perplexity(total, iters), iters * batch_size, seconds)
 
 
-def perplexity(total_cost: float, steps: int) -> float:
-    """exp(costs / iters), inf rather than OverflowError for a model gone wild; NaN stays NaN."""
-    mean = total_cost / steps
+def perplexity(total_cost: float, count: int) -> float:
+    """exp(total_cost / count): the cost in nats (minus a log-probability) summed over `count`
+    tokens, or time steps of batch-mean costs; inf rather than OverflowError for a model gone
+    wild, and NaN stays NaN. Training, evaluation and `ptblm score` all report this one."""
+    mean = total_cost / count
     if math.isnan(mean):
         return math.nan
     return math.exp(mean) if mean < 709.0 else math.inf
@@ -128,4 +162,4 @@ def evaluate_split(
     num_steps=1; windows of 1,000 steps give the same sums in far fewer calls.
     """
     data = batchify(ids, batch_size).to(device)
-    return run_epoch(model, data, 1000, precision=precision, include_tail=True, desc=desc)
+    return score_epoch(model, data, 1000, precision, include_tail=True, desc=desc)

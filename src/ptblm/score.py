@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .api import LanguageModel
-from .epoch import evaluate_split
+from .epoch import evaluate_split, perplexity
 from .errors import PtblmError
 from .text import EOS, UNK, normalize
 
 TOKENS_PER_BATCH = 2048  # padded tokens per forward pass: [2048, vocab] logits, ~80 MB
-FORMATS = ("table", "csv", "jsonl")
 
 
 class ScoreError(PtblmError):
@@ -153,17 +152,12 @@ def score(
     logprobs = sentence_logprobs(lm, sentences, device)
     seconds = time.perf_counter() - start
     rows = [
-        Score(s.line, len(s.words), len(s.oov), lp, _perplexity(lp, len(s.words) + 1), s.text)
+        Score(s.line, len(s.words), len(s.oov), lp, perplexity(-lp, len(s.words) + 1), s.text)
         for s, lp in zip(sentences, logprobs, strict=True)
     ]
     total_lp = math.fsum(logprobs)
-    total = Score(None, words, oov, total_lp, _perplexity(total_lp, predicted))
+    total = Score(None, words, oov, total_lp, perplexity(-total_lp, predicted))
     return rows, total, predicted / seconds if seconds > 0 else float("inf")
-
-
-def _perplexity(logprob: float, tokens: int) -> float:
-    mean = -logprob / tokens
-    return math.exp(mean) if mean < 709.0 else math.inf
 
 
 def render(rows: Iterable[Score], total: Score, fmt: str) -> str:

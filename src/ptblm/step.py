@@ -1,48 +1,30 @@
-"""The training step: one truncated-BPTT update, clipping, the learning-rate schedule.
+"""The training step: one truncated-BPTT update, its gradient clipped by global norm.
 
-`TrainStep` is the step as the loop and the benchmark call it; on CUDA it replays the step
-as a CUDA graph.
+Read `reference.reference_step` first: the same update in plain PyTorch (loss, clip, step),
+the definition this one must equal. `TrainStep` is the step as the loop and the benchmark
+call it; on CUDA it replays the step as a CUDA graph.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
 from .device import autocast
 from .model import PTBModel, State, detach
 
 
-def learning_rate(config: ModelConfig, epoch: int, history: Sequence[dict] = ()) -> float:
-    """The learning rate of `epoch` (1-based), given the records of the epochs before it.
-
-    lr_schedule epoch (the tutorial's): learning_rate * lr_decay ** max(epoch - max_epoch, 0).
-    lr_schedule plateau (pytorch/examples word_language_model): multiplied by lr_decay after
-    every epoch from max_epoch on whose validation perplexity is no better than the best
-    before it. A function of the history alone, so a resumed run gets the same rates.
-    """
-    if config.lr_schedule == "epoch":
-        return config.learning_rate * config.lr_decay ** max(epoch - config.max_epoch, 0)
-    lr, best = config.learning_rate, math.inf
-    for record in history[: epoch - 1]:
-        if record["epoch"] >= config.max_epoch and record["valid_perplexity"] >= best:
-            lr *= config.lr_decay
-        best = min(best, record["valid_perplexity"])
-    return lr
-
-
-def clip_by_global_norm(
+def set_clip_scale(
     optimizer: torch.optim.SGD, params: list[torch.nn.Parameter], max_norm: float
 ) -> torch.Tensor:
-    """TF's clip_by_global_norm, done by the next fused step: g * max_norm / max(norm, max_norm).
+    """Set the next fused step's clip: g * max_norm / max(norm, max_norm), TF's clip_by_global_norm.
 
-    The divisor goes in as the optimizer's `grad_scale` (the hook AMP's GradScaler
-    uses), so clipping costs no pass of its own over the gradients and no host sync.
+    Clips nothing itself: the divisor goes in as the optimizer's `grad_scale` (the hook AMP's
+    GradScaler uses), so clipping costs no pass of its own over the gradients and no host
+    sync. Returns the global norm before clipping.
     """
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -70,7 +52,7 @@ def train_step(
         cost, state = cost_of(x, y, state)
     optimizer.zero_grad(set_to_none=True)
     cost.backward()
-    clip_by_global_norm(optimizer, params, max_grad_norm)
+    set_clip_scale(optimizer, params, max_grad_norm)
     optimizer.step()
     return cost.detach(), detach(state)
 

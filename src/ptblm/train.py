@@ -1,7 +1,8 @@
 """The main training loop, `train()`: the tutorial's epochs, with checkpoints that resume exactly.
 
-Imports torch only; tracking comes in through the `on_epoch` callback, so this
-runs on a machine that has nothing but torch.
+Each step is `reference.reference_step`'s update (loss, clip, step, as pytorch/examples'
+main.py writes it), done faster by `step.TrainStep`. Imports torch only; tracking comes in
+through the `on_epoch` callback, so this runs on a machine that has nothing but torch.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from .distributed import (
     slowest,
     summed,
 )
-from .epoch import EpochResult, run_epoch
+from .epoch import EpochResult, score_epoch, train_epoch
 from .model import PTBModel
-from .step import TrainStep, learning_rate
+from .schedule import learning_rate
+from .step import TrainStep
 
 
 @dataclass
@@ -118,20 +120,20 @@ def train(
             torch.manual_seed(epoch_seed(settings.seed, epoch, world))
         lr = learning_rate(config, epoch, state.history)
         step.set_lr(lr)
-        trained = run_epoch(
+        trained = train_epoch(
             model,
             train_data,
             config.num_steps,
-            step=step,
+            step,
             desc=f"epoch {epoch} train",
             epoch=epoch,
             quiet=not world.is_main,
         )
-        valid = run_epoch(
+        valid = score_epoch(
             model,
             valid_data,
             config.num_steps,
-            precision=settings.precision,
+            settings.precision,
             desc=f"epoch {epoch} valid",
             epoch=epoch,
             quiet=not world.is_main,
@@ -149,9 +151,7 @@ def train(
         state.epoch = epoch
         if not world.is_main:
             continue
-        save_checkpoint(
-            checkpoint_path, identity, model, step.optimizer, lr, state, tracking_run_id
-        )
+        save_checkpoint(checkpoint_path, identity, model, step.optimizer, state, tracking_run_id)
         tqdm.write(
             f"epoch {epoch:3d}  lr {lr:.4f}  train ppl {trained.perplexity:8.2f}  "
             f"valid ppl {valid.perplexity:8.2f}  {trained.words_per_sec:9.0f} words/s  "

@@ -15,7 +15,6 @@ from pathlib import Path
 import click
 
 from ..config import load_params, training_result
-from ..data import DataError, require_rows, require_vocab_fits, require_windows
 from ..fsutil import write_json
 from .common import PREPARED_DIR, fails_cleanly, model_option, params_option
 
@@ -34,6 +33,10 @@ def check_command(params_path: Path, model_name: str | None) -> None:
     (threads, device, waits) or evaluate's do, though this stage checks those too.
     """
     params = load_params(params_path, model_name)
+    # torch (data.py and device.py import it): only once the params are good
+    from ..data import DataError, require_rows, require_vocab_fits, require_windows
+    from ..device import require_gpus, resolve_device, set_precision
+
     name, config = params.model, params.config
     meta_path = PREPARED_DIR / "meta.json"
     try:
@@ -46,8 +49,6 @@ def check_command(params_path: Path, model_name: str | None) -> None:
         require_windows(split, tokens[split], config.batch_size, config.num_steps)
     for split in ("test", "valid"):
         require_rows(split, tokens[split], params.evaluate.batch_size)
-    from ..device import require_gpus, resolve_device, set_precision  # torch: only now
-
     device = resolve_device(params.train.device)
     set_precision(params.train.precision, device)
     require_gpus(device, params.train.nproc_per_node)
