@@ -17,6 +17,8 @@ import pytest
 import torch
 import yaml
 
+from ptblm.config import ModelConfig
+
 # Test models are tiny: one thread each avoids oversubscribing the 2 cores CI has.
 torch.set_num_threads(1)
 
@@ -198,6 +200,14 @@ def tiny_workdir(root: Path, epochs: int, **changes: Any) -> Path:
     return root
 
 
+# The model and step tests' config: a few hundred weights, one window of math in microseconds.
+UNIT_CONFIG = ModelConfig(
+    init_scale=0.1, learning_rate=1.0, max_grad_norm=5.0, num_layers=2, num_steps=5,
+    hidden_size=8, max_epoch=4, max_max_epoch=13, keep_prob=1.0, lr_decay=0.5,
+    batch_size=3, vocab_size=30,
+)  # fmt: skip
+
+
 def make_tiny_project(parent: Path, epochs: int, train_tokens: int = 20_000) -> Path:
     """A git + DVC project of this checkout's pipeline, selecting config `tiny` on a synthetic
     corpus, with fetch, extract and prepare done and locked (dvc commit: real DVC state, as
@@ -258,7 +268,7 @@ def trained_perplexities(device: torch.device, precision: str) -> tuple[float, f
     from ptblm.config import ModelConfig
     from ptblm.data import batchify
     from ptblm.device import set_precision
-    from ptblm.epoch import run_epoch
+    from ptblm.epoch import score_epoch, train_epoch
     from ptblm.model import PTBModel
     from ptblm.step import TrainStep
 
@@ -279,11 +289,11 @@ def trained_perplexities(device: torch.device, precision: str) -> tuple[float, f
     model = PTBModel(config).to(device)
     step = TrainStep(model, "fp32")
     for _ in range(3):  # 124 windows an epoch
-        run_epoch(model, train_data, config.num_steps, step=step)
-    fp32 = run_epoch(model, valid_data, config.num_steps).perplexity
+        train_epoch(model, train_data, config.num_steps, step)
+    fp32 = score_epoch(model, valid_data, config.num_steps).perplexity
     set_precision(precision, device)
     try:
-        fast = run_epoch(model, valid_data, config.num_steps, precision=precision).perplexity
+        fast = score_epoch(model, valid_data, config.num_steps, precision).perplexity
     finally:
         set_precision("fp32", device)
     return fp32, fast

@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
+from conftest import UNIT_CONFIG
 from torch.nn import functional as F
 
 from ptblm import model as model_module
-from ptblm.config import ModelConfig
 from ptblm.data import batchify
 from ptblm.epoch import evaluate_split, score_epoch, train_epoch
 from ptblm.model import LinearCrossEntropy, PTBModel, matmul
@@ -19,20 +19,7 @@ from ptblm.reference import reference_step
 from ptblm.schedule import learning_rate
 from ptblm.step import TrainStep, set_clip_scale
 
-TINY = ModelConfig(
-    init_scale=0.1,
-    learning_rate=1.0,
-    max_grad_norm=5.0,
-    num_layers=2,
-    num_steps=5,
-    hidden_size=8,
-    max_epoch=4,
-    max_max_epoch=13,
-    keep_prob=1.0,
-    lr_decay=0.5,
-    batch_size=3,
-    vocab_size=30,
-)
+TINY = UNIT_CONFIG
 SMALL = dataclasses.replace(TINY, num_steps=20, hidden_size=200, batch_size=20, vocab_size=10000)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import UNIT_CONFIG
 from torch.nn import functional as F
 
 from ptblm.config import ModelConfig
@@ -16,20 +17,7 @@ from ptblm.model import LockedDropout, PTBModel, detach
 from ptblm.schedule import learning_rate
 from ptblm.step import TrainStep
 
-TINY = ModelConfig(
-    init_scale=0.1,
-    learning_rate=1.0,
-    max_grad_norm=5.0,
-    num_layers=2,
-    num_steps=5,
-    hidden_size=8,
-    max_epoch=4,
-    max_max_epoch=13,
-    keep_prob=1.0,
-    lr_decay=0.5,
-    batch_size=3,
-    vocab_size=30,
-)
+TINY = UNIT_CONFIG
 VARIANTS = {
     "gru": {"cell": "gru"},
     "tied": {"tie_weights": True},
