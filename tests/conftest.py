@@ -19,8 +19,11 @@ import yaml
 
 from ptblm.config import ModelConfig
 
-# Test models are tiny: one thread each avoids oversubscribing the 2 cores CI has.
+# Test models are tiny, and tests run on every core at once (pytest-xdist): one thread each,
+# here and in every process a test starts (OpenMP's spin-waits make an oversubscribed
+# training many times slower). train.num_threads, where a test sets it, still wins.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = Path(
