@@ -219,3 +219,15 @@ def test_a_killed_queued_run_resumes_when_queued_again(tiny_template, tmp_path):
 
     store = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     assert "learning_curve.png" in {a.path for a in store.list_artifacts(done.info.run_id)}
+
+    # what is left, listed; once the training code changes it can never resume: stale
+    checkpoints_command = [sys.executable, "-m", "ptblm", "checkpoints"]
+    (left,) = checkpoints(repo)
+    listed = run(checkpoints_command, repo, env=tool_env(repo)).stdout
+    assert f"checkpoints/tiny/{left}  tiny  epoch 1/{EPOCHS}  seed 99" in listed
+    assert "resumable" in listed and "stale" not in listed
+    model_py = repo / "src" / "ptblm" / "model.py"
+    model_py.write_text(model_py.read_text() + "# a change to the model\n")
+    cleaned = run([*checkpoints_command, "--remove-stale"], repo, env=tool_env(repo)).stdout
+    assert "stale: other training code  (removed)" in cleaned
+    assert checkpoints(repo) == {}
