@@ -27,6 +27,7 @@ from .fsutil import save_tensors
 
 CHECKPOINT_FORMAT = 5  # 4: world size; 5: the identity is config.SETTINGS' result keys
 CHECKPOINTS = "checkpoints"  # under the project root
+RUN_FILE_GLOB = f"{'[0-9a-f]' * 16}.pt"  # a run's checkpoint, as `checkpoint_path` names it
 
 
 @dataclass
@@ -92,11 +93,11 @@ def save_checkpoint(
 UNREADABLE_CHECKPOINT = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError)
 
 
-def _read_checkpoint(path: Path, identity: dict) -> dict | None:
+def _read_checkpoint(path: Path, identity: dict, mmap: bool = False) -> dict | None:
     """The checkpoint's payload if it was written for this exact run; None (and a note)."""
     if not path.exists():
         return None
-    payload = read_payload(path)
+    payload = read_payload(path, mmap)
     if payload is None:
         return None
     expected = {"format": CHECKPOINT_FORMAT, **identity}
@@ -136,7 +137,7 @@ def read_payload(path: Path, mmap: bool = False) -> dict | None:
 
 def checkpoint_run_id(path: Path, identity: dict) -> str | None:
     """The tracking run a resumable checkpoint belongs to, so a resumed run logs to it."""
-    payload = _read_checkpoint(path, identity)
+    payload = _read_checkpoint(path, identity, mmap=True)  # the weights are left on disk
     return payload.get("tracking_run_id") if payload else None
 
 
@@ -170,8 +171,8 @@ class CheckpointInfo:
 def checkpoints(root: Path, code_version: str) -> Iterator[CheckpointInfo]:
     """Every checkpoint under `root`/checkpoints, oldest first. A checkpoint is stale when no
     rerun of this code can resume it (another format or other training code)."""
-    pattern = f"*/{'[0-9a-f]' * 16}.pt"  # a run's, as `checkpoint_path` names them
-    files = sorted(Path(root, CHECKPOINTS).glob(pattern), key=lambda p: p.stat().st_mtime)
+    found = Path(root, CHECKPOINTS).glob(f"*/{RUN_FILE_GLOB}")
+    files = sorted(found, key=lambda p: p.stat().st_mtime)
     for path in files:
         payload = read_payload(path, mmap=True) or {}
         settings = payload.get("settings") or {}
@@ -197,4 +198,4 @@ def checkpoints(root: Path, code_version: str) -> Iterator[CheckpointInfo]:
 def others(path: Path) -> list[Path]:
     """The other checkpoints of `path`'s config (a note at the start of training: they are
     never removed silently, nor left to pile up unseen)."""
-    return sorted(p for p in path.parent.glob(f"{'[0-9a-f]' * 16}.pt") if p != path)
+    return sorted(p for p in path.parent.glob(RUN_FILE_GLOB) if p != path)
