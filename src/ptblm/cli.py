@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .commands.adapt import adapt_command
 from .commands.check import check_command
 from .commands.checkpoints import checkpoints_command
 from .commands.compare import compare
@@ -46,6 +47,7 @@ for command in (
     check_command,
     train_command,
     evaluate_command,
+    adapt_command,
     compare,
     generate,
     score_command,

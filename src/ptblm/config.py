@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ UNREACHABLE_POLICIES = ("fail", "continue")
 CELLS = ("lstm", "gru")
 DROPOUTS = ("standard", "variational")
 LR_SCHEDULES = ("epoch", "plateau")
+DYNAMIC_RULES = ("rms", "sgd")
 
 
 class ConfigError(PtblmError):
@@ -138,6 +140,46 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class CacheParams:
+    """The neural cache's grid (stage adapt): every combination is scored on valid."""
+
+    window: tuple[int, ...] = (500,)  # past positions the cache holds
+    theta: tuple[float, ...] = (0.3,)  # sharpness of the match between hidden states
+    weight: tuple[float, ...] = (0.1,)  # lambda: the cache's share of the mixture
+
+    def check(self, where: str) -> None:
+        _require_grid(self.window, f"{where}.window", lambda v: v >= 1, ">= 1")
+        _require_grid(self.theta, f"{where}.theta", lambda v: v >= 0, ">= 0")
+        _require_grid(self.weight, f"{where}.weight", lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+@dataclass(frozen=True)
+class DynamicParams:
+    """Dynamic evaluation's rule and grid (stage adapt)."""
+
+    rule: str = "rms"  # rms (Krause et al. 2018) | sgd (plain SGD, decay to the trained weights)
+    segment: int = 5  # tokens scored, then learned from, per update
+    epsilon: float = 2e-5  # rms: added to the gradient's RMS
+    learning_rate: tuple[float, ...] = (5e-5,)
+    decay: tuple[float, ...] = (2e-3,)  # lambda: pull toward the trained weights
+
+    def check(self, where: str) -> None:
+        _require_choice(self.rule, f"{where}.rule", DYNAMIC_RULES)
+        _require(self.segment >= 1, f"{where}.segment", self.segment, ">= 1")
+        _require(self.epsilon > 0, f"{where}.epsilon", self.epsilon, "> 0")
+        _require_grid(self.learning_rate, f"{where}.learning_rate", lambda v: v >= 0, ">= 0")
+        _require_grid(self.decay, f"{where}.decay", lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+@dataclass(frozen=True)
+class AdaptParams:
+    """Test-time adaptation (stage adapt), tuned on the valid split only."""
+
+    cache: CacheParams = field(default_factory=CacheParams)
+    dynamic: DynamicParams = field(default_factory=DynamicParams)
+
+
+@dataclass(frozen=True)
 class Params:
     model: str
     models: dict[str, ModelConfig]
@@ -145,6 +187,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvalParams = field(default_factory=EvalParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    adapt: AdaptParams = field(default_factory=AdaptParams)
 
     def __post_init__(self) -> None:
         require_batch_splits(self.model, self.config.batch_size, self.train.nproc_per_node)
@@ -252,6 +295,14 @@ def _require_choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
         )
 
 
+def _require_grid(values: tuple, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
+    """A grid: at least one value, each allowed."""
+    if not values:
+        raise ConfigError(f"params: {key} is empty; give at least one value")
+    for value in values:
+        _require(ok(value), key, value, allowed)
+
+
 def _coerce(value: Any, kind: str, key: str) -> Any:
     """Turn a YAML value into the field's declared type (a string: annotations are lazy)."""
     if kind == "float":
@@ -278,6 +329,9 @@ def _coerce(value: Any, kind: str, key: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"params: {key} = {value!r} must be a list of strings")
         return tuple(value)
+    if kind in ("tuple[int, ...]", "tuple[float, ...]"):  # a grid: one value or a list
+        values = value if isinstance(value, list) else [value]
+        return tuple(_coerce(v, kind[6:-6], key) for v in values)
     raise TypeError(f"unsupported field type {kind!r}")  # a programming error, not user input
 
 
@@ -311,7 +365,7 @@ def parse_params(raw: Any) -> Params:
     for key in ("model", "models", "data"):
         if key not in raw:
             raise ConfigError(f"params: {key} is missing; add it to params.yaml")
-    known = {"model", "models", "data", "train", "evaluate", "tracking"}
+    known = {"model", "models", "data", "train", "evaluate", "tracking", "adapt"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -334,6 +388,23 @@ def parse_params(raw: Any) -> Params:
         train=_build(TrainParams, raw.get("train"), "train", required=False),
         evaluate=_build(EvalParams, raw.get("evaluate"), "evaluate", required=False),
         tracking=_build(TrackingParams, raw.get("tracking"), "tracking", required=False),
+        adapt=_build_adapt(raw.get("adapt")),
+    )
+
+
+def _build_adapt(raw: Any) -> AdaptParams:
+    """The adapt section: two sub-sections, each optional."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError("params: adapt must be a mapping with keys cache, dynamic")
+    unknown = sorted(set(raw) - {"cache", "dynamic"})
+    if unknown:
+        raise ConfigError(
+            f"params: adapt.{unknown[0]} is not a known key; known keys: cache, dynamic"
+        )
+    return AdaptParams(
+        cache=_build(CacheParams, raw.get("cache"), "adapt.cache", required=False),
+        dynamic=_build(DynamicParams, raw.get("dynamic"), "adapt.dynamic", required=False),
     )
 
 

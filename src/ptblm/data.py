@@ -106,20 +106,31 @@ def read_vocab(path: Path) -> list[str]:
 
 def load_corpus(prepared_dir: Path) -> Corpus:
     """Load what `prepare` wrote; milliseconds, no pickle."""
-    prepared_dir = Path(prepared_dir)
+    vocab = load_vocab(prepared_dir)
+    return Corpus(vocab=vocab, splits={split: load_split(prepared_dir, split) for split in SPLITS})
+
+
+def load_vocab(prepared_dir: Path) -> list[str]:
+    """The prepared vocabulary alone."""
     try:
-        vocab = read_vocab(prepared_dir / "vocab.txt")
-        splits = {
-            split: torch.from_numpy(
-                np.load(prepared_dir / f"{split}.npy", allow_pickle=False).astype(np.int64)
-            )
-            for split in SPLITS
-        }
+        return read_vocab(Path(prepared_dir) / "vocab.txt")
     except (FileNotFoundError, ValueError) as exc:
-        raise DataError(
-            f"{prepared_dir}: prepared data missing or unreadable ({exc}); run the prepare stage"
-        ) from None
-    return Corpus(vocab=vocab, splits=splits)
+        raise _unprepared(prepared_dir, exc) from None
+
+
+def load_split(prepared_dir: Path, split: str) -> torch.Tensor:
+    """One split's ids (int64), reading that split's file only."""
+    try:
+        ids = np.load(Path(prepared_dir) / f"{split}.npy", allow_pickle=False)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _unprepared(prepared_dir, exc) from None
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def _unprepared(prepared_dir: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{prepared_dir}: prepared data missing or unreadable ({exc}); run the prepare stage"
+    )
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:

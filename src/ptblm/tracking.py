@@ -341,24 +341,11 @@ def open_evaluation(
     to it (the run has no test score yet, and was trained for these evaluate params); else a
     run of its own, nested under the training run. No tracking (with a warning) when the run
     file's store or run is gone, e.g. a run file pulled from another machine."""
-    run = read_run_file(run_file)
-    if not run.get("run_id"):
+    reached = _training_run(run_file, "evaluating")
+    if reached is None:
         return NullTracker()
+    run, found = reached
     uri = run["tracking_uri"]
-    db = sqlite_path(uri)
-    try:
-        if db is not None and not db.is_file():
-            raise TrackingError(f"no MLflow store at {db}")
-        _probe(uri)
-        found = _find_run(uri, run["run_id"])
-        if found is None:
-            raise TrackingError(f"the store has no run {run['run_id']}")
-    except Exception as exc:
-        warn(
-            f"the training run in {run_file} cannot be reached ({exc}); evaluating without "
-            "tracking (retrain here, or point tracking.uri / MLFLOW_TRACKING_URI at its store)"
-        )
-        return NullTracker()
     logged = found.data.params
     own = "test_perplexity" not in found.data.metrics and all(
         logged.get(k) in (None, str(v)) for k, v in params.items()
@@ -375,6 +362,41 @@ def open_evaluation(
         )
     tracker.log_params(params)
     return tracker
+
+
+def open_adaptation(run_file: Path) -> NullTracker:
+    """Where `adapt` logs: the training run itself, beside its test_perplexity (a rerun
+    overwrites the adapted figures); no tracking, with a warning, if it cannot be reached."""
+    reached = _training_run(run_file, "adapting")
+    if reached is None:
+        return NullTracker()
+    run, _ = reached
+    return MlflowTracker(run["tracking_uri"], run["experiment"], "", run_id=run["run_id"])
+
+
+def _training_run(run_file: Path, doing: str) -> tuple[dict[str, Any], Any] | None:
+    """The run train handed over in `run_file` and MLflow's record of it; None (with a
+    warning) when there is none or its store or run is gone, e.g. a run file pulled from
+    another machine."""
+    run = read_run_file(run_file)
+    if not run.get("run_id"):
+        return None
+    uri = run["tracking_uri"]
+    db = sqlite_path(uri)
+    try:
+        if db is not None and not db.is_file():
+            raise TrackingError(f"no MLflow store at {db}")
+        _probe(uri)
+        found = _find_run(uri, run["run_id"])
+        if found is None:
+            raise TrackingError(f"the store has no run {run['run_id']}")
+    except Exception as exc:
+        warn(
+            f"the training run in {run_file} cannot be reached ({exc}); {doing} without "
+            "tracking (retrain here, or point tracking.uri / MLFLOW_TRACKING_URI at its store)"
+        )
+        return None
+    return run, found
 
 
 def _find_run(uri: str, run_id: str):

@@ -18,6 +18,7 @@ MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 TIMINGS_DIR = Path("timings")
+TUNING_DIR = Path("tuning")  # per config: the adapt stage's grids, valid perplexity per point
 CHECKPOINT_DIR = Path("checkpoints")
 RUN_FILE = "mlflow_run.json"  # models/<config>/: the MLflow run id train hands to evaluate
 

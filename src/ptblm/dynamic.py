@@ -1,0 +1,107 @@
+"""Dynamic evaluation (Krause, Kahembwe, Murray & Renals 2018): score a segment of the
+stream, then take a gradient step on it, so the model adapts to the text it has read.
+
+Each segment is scored before the model learns from it: nothing is predicted after the
+model has trained on it. The update pulls the weights back toward the trained ones:
+
+    rms: theta -= lr * g / (sqrt(MS) + eps) - decay * rms_norm * (theta_0 - theta)
+    sgd: theta -= lr * g                    - decay * (theta_0 - theta)
+
+g is the gradient of the segment's mean cross entropy; MS the mean squared gradient of the
+same loss over the start of the training split (`gradient_rms`), and rms_norm = sqrt(MS)
+divided by its mean over all weights, capped at 1 / decay (Krause et al.'s "RMS
+normalisation with a global prior"). The trained model is never modified: a copy adapts.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from .data import batchify, iterate_batches
+from .model import PTBModel, detach
+
+RULES = ("rms", "sgd")
+
+
+@dataclass(frozen=True)
+class DynamicSettings:
+    learning_rate: float
+    decay: float
+    segment: int = 5  # tokens scored, then learned from, per update
+    rule: str = "rms"
+    epsilon: float = 1e-3  # rms: added to sqrt(MS)
+
+
+def gradient_rms(
+    model: PTBModel, train_ids: torch.Tensor, batch_size: int, num_steps: int, device
+) -> list[torch.Tensor]:
+    """sqrt(mean over windows of the squared gradient) per parameter: the training data's
+    gradient scale, with dropout off, for the mean cross entropy of a window."""
+    model = copy.deepcopy(model).to(device).eval()
+    data = batchify(train_ids, batch_size).to(device)
+    squares = [torch.zeros_like(p) for p in model.parameters()]
+    state = model.zero_state(batch_size, device)
+    windows = 0
+    for x, y in iterate_batches(data, num_steps):
+        model.zero_grad(set_to_none=True)
+        hidden, state = model.features(x, state)
+        loss = torch.nn.functional.cross_entropy(model.softmax(hidden).flatten(0, 1), y.flatten())
+        loss.backward()
+        for square, p in zip(squares, model.parameters(), strict=True):
+            square.add_(p.grad * p.grad)
+        state = detach(state)
+        windows += 1
+    if not windows:
+        raise ValueError("the training ids hold no whole window for the gradient statistics")
+    return [(square / windows).sqrt_() for square in squares]
+
+
+def dynamic_logprobs(
+    model: PTBModel,
+    ids: torch.Tensor,
+    settings: DynamicSettings,
+    rms: list[torch.Tensor] | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """log p(target) [len(ids) - 1] float64 for every token but the first of `ids` (1-D),
+    batch 1, state carried: each segment scored, then learned from."""
+    if settings.rule == "rms" and rms is None:
+        raise ValueError("the rms rule needs the training data's gradient statistics")
+    model = copy.deepcopy(model).to(device).eval()  # dropout off; the caller's stays trained
+    params = list(model.parameters())
+    trained = [p.detach().clone() for p in params]
+    steps, pulls = _update_scales(settings, rms, len(params))
+    data = ids.view(1, -1).to(device)
+    state = model.zero_state(1, device)
+    out = []
+    for x, y in iterate_batches(data, settings.segment, include_tail=True):
+        model.zero_grad(set_to_none=True)
+        hidden, state = model.features(x, state)
+        logp = torch.log_softmax(model.softmax(hidden)[0].float(), dim=-1)
+        logp = logp.gather(1, y[0].unsqueeze(1)).squeeze(1)
+        out.append(logp.detach().double())  # scored before the update below
+        if settings.learning_rate:
+            (-logp.mean()).backward()
+            with torch.no_grad():
+                for p, p0, step, pull in zip(params, trained, steps, pulls, strict=True):
+                    p.add_(pull * (p0 - p) - step * p.grad)
+        state = detach(state)
+    return torch.cat(out)
+
+
+def _update_scales(
+    settings: DynamicSettings, rms: list[torch.Tensor] | None, count: int
+) -> tuple[list, list]:
+    """Per parameter: what multiplies the gradient, and what multiplies (theta_0 - theta)."""
+    lr, decay = settings.learning_rate, settings.decay
+    if settings.rule == "sgd":
+        return [lr] * count, [decay] * count
+    assert rms is not None and len(rms) == count
+    mean = torch.cat([r.flatten() for r in rms]).mean()
+    steps = [lr / (r + settings.epsilon) for r in rms]
+    cap = 1.0 / decay if decay > 0 else float("inf")
+    pulls = [decay * (r / mean).clamp(max=cap) for r in rms]
+    return steps, pulls
