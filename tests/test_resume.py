@@ -10,6 +10,8 @@ every epoch's metrics once. On a synthetic corpus and a tiny config (conftest)."
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PROJECT_ROOT, copy_project, dvc, git, run, tool_env
+from conftest import PROJECT_ROOT, copy_project, dvc, git, run, tiny_workdir, tool_env
 
 from ptblm.commands.train import KILL_AFTER_CHECKPOINT_ENV
 
@@ -231,3 +233,61 @@ def test_a_killed_queued_run_resumes_when_queued_again(tiny_template, tmp_path):
     cleaned = run([*checkpoints_command, "--remove-stale"], repo, env=tool_env(repo)).stdout
     assert "stale: other training code  (removed)" in cleaned
     assert checkpoints(repo) == {}
+
+
+def interrupt_after_an_epoch(root: Path, sig: signal.Signals) -> tuple[int, str]:
+    """`ptblm train` with stdout a pipe, as under nohup or in a CI log: read while it runs
+    until an epoch's line comes (so it must be flushed, not held until the end), then `sig`.
+    Returns that epoch and what it wrote on stderr."""
+    stderr = root / f"stderr-{sig.name}.txt"
+    env = tool_env()
+    env.pop("PYTHONUNBUFFERED", None)  # as on a user's machine: stdout to a pipe is buffered
+    with (
+        stderr.open("w") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "ptblm", "train"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        ) as proc,
+    ):
+        for line in proc.stdout:
+            if line.startswith("epoch "):
+                break
+        assert proc.poll() is None, f"no epoch line before the end; stdout ended at {line!r}"
+        proc.send_signal(sig)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=120) == 128 + sig, rest
+    held = f"epoch lines written before {sig.name} came out after it: held in a buffer"
+    assert "epoch" not in rest, held
+    return int(line.split()[1]), stderr.read_text()
+
+
+def test_an_interrupted_run_is_killed_in_mlflow_says_how_to_go_on_and_resumes(tmp_path):
+    """SIGTERM (kill, a queue stopped) or SIGINT (Ctrl-C): the MLflow run ends KILLED, not
+    RUNNING forever; stderr says how to resume and how to get back the committed results
+    DVC deleted before the stage ran; a rerun resumes, reopens the run and finishes it."""
+    epochs = 12
+    root = tiny_workdir(tmp_path, epochs)
+    first, second = signal.SIGTERM, signal.SIGINT
+    done, stderr = interrupt_after_an_epoch(root, first)
+    assert done >= 1
+    assert f"ptblm train: interrupted by {first.name}" in stderr
+    assert "git checkout metrics plots timings" in stderr and "dvc checkout" in stderr
+    assert "Traceback" not in stderr
+    ((killed, _),) = runs(root)
+    assert killed.info.status == "KILLED"
+
+    done, stderr = interrupt_after_an_epoch(root, second)  # resumed, then the other signal
+    assert f"interrupted by {second.name}" in stderr
+    ((again, _),) = runs(root)
+    assert again.info.run_id == killed.info.run_id and again.info.status == "KILLED"
+
+    finished = run([sys.executable, "-m", "ptblm", "train"], root, env=tool_env())
+    assert f"resuming tiny after epoch {done} from" in finished.stdout
+    ((last, curve),) = runs(root)
+    assert last.info.run_id == killed.info.run_id and last.info.status == "FINISHED"
+    assert last.data.tags["resumed_from_epoch"] == str(done)
+    assert sorted(m.step for m in curve) == list(range(1, epochs + 1))  # each epoch once

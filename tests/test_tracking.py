@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from ptblm.tracking import (
     EPOCH_METRICS,
     EVAL_METRICS,
     TRAIN_SUMMARY,
+    UI_VIEW_TAG,
     NullTracker,
     TrackingError,
     open_tracker,
@@ -139,7 +141,7 @@ def test_pipeline_run_lands_in_root_sqlite_store(project: Path, shared_archive: 
     assert metrics["test_perplexity"] == pytest.approx(eval_json["test_perplexity"], abs=1e-3)
     total, trained = EVAL_METRICS["total_wall_time_s"], TRAIN_SUMMARY["wall_time_s"]
     assert metrics[total] > metrics[trained] > 0
-    assert any(k.startswith("system/cpu") for k in metrics)
+    assert not any(k.startswith("system/") for k in metrics)  # tracking.system_metrics: false
 
     artifacts = {a.path for a in store.list_artifacts(run_id)}
     names = ("vocab.txt", "train.json", "speed.json", "history.csv", "learning_curve.png")
@@ -428,3 +430,68 @@ def test_a_reopened_run_with_other_params_is_a_one_line_error(tmp_path: Path) ->
     with pytest.raises(TrackingError, match=rf"MLflow run {first.run_id} .*cannot take these"):
         rerun.log_params({"train.seed": 2})
     rerun.end()
+
+
+# --- the MLflow UI -----------------------------------------------------------------------------
+
+
+def test_the_experiment_carries_the_ui_view_and_system_metrics_are_opt_in(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """MLflow 3.17's UI opens the runs table with the perplexity columns from the URL that
+    `ui_url` gives (checked in Chromium below): `workflowType` and a view stored in an
+    experiment tag. An experiment made before the tag gets it. System metrics only when
+    tracking.system_metrics asks for them."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    asked = []
+    start_run = mlflow.start_run
+    monkeypatch.setattr(
+        mlflow, "start_run", lambda **kw: asked.append(kw["log_system_metrics"]) or start_run(**kw)
+    )
+    tracker = open_tracker(TrackingParams(uri=uri), "first")
+    tracker.end()
+    experiment = client(uri).get_experiment_by_name("ptb-lm")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags[UI_VIEW_TAG[0]])
+    assert view["selectedColumns"][1:] == [
+        "metrics.`test_perplexity`",
+        "metrics.`valid_perplexity`",
+        "metrics.`train_perplexity`",
+    ]
+    assert tracker.ui_url() == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+        "?workflowType=machine_learning&viewStateShareKey=perplexities"
+    )
+    client(uri).delete_experiment_tag(experiment.experiment_id, UI_VIEW_TAG[0])  # an older one
+    open_tracker(TrackingParams(uri=uri, system_metrics=True), "second").end()
+    assert client(uri).get_experiment(experiment.experiment_id).tags[UI_VIEW_TAG[0]]
+    assert asked == [False, True]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (apt install chromium)")
+def test_the_ui_url_opens_the_runs_table_with_perplexities_in_chromium(mlflow_server: str) -> None:
+    """The URL train prints and the README names, in headless Chromium against a real
+    `mlflow server`: the runs table (not MLflow 3.17's GenAI overview, which its plain URL
+    opens on), with test, valid and train perplexity as columns."""
+    tracker = open_tracker(TrackingParams(uri=mlflow_server), "tiny-run")
+    tracker.log_epoch({"epoch": 1, "lr": 1.0, "train_perplexity": 41.5, "valid_perplexity": 52.5,
+                       "words_per_sec": 1.0, "epoch_time_s": 1.0})  # fmt: skip
+    tracker.log_metrics({"test_perplexity": 50.25})
+    tracker.end()
+
+    def rendered(url: str) -> str:
+        return subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+             "--window-size=1800,900", "--virtual-time-budget=20000", url],
+            capture_output=True, text=True, timeout=180,
+        ).stdout  # fmt: skip
+
+    page = rendered(tracker.ui_url())
+    assert "tiny-run" in page and "Detect Issues" not in page
+    for column, value in [("test", "50.25"), ("valid", "52.5"), ("train", "41.5")]:
+        assert f"{column}_perplexity" in page and value in page, column
+    plain = rendered(tracker.ui_url().split("?")[0])  # MLflow's default: the GenAI overview
+    assert "test_perplexity" not in plain

@@ -383,3 +383,23 @@ def test_killing_the_train_stage_ends_its_ranks_and_the_rerun_resumes_exactly(tm
     assert "resuming tiny after epoch" in rerun.stdout + rerun.stderr
     straight, killed = (_finished_outputs(roots[name]) for name in ("straight", "killed"))
     assert killed == straight
+
+
+def test_without_a_terminal_a_long_pass_prints_plain_progress_lines(monkeypatch, capsys):
+    """No progress bar without a terminal (nohup, CI, a queue's log): a plain line on stdout
+    every PROGRESS_EVERY_S instead (here: at every refresh), and none on a terminal."""
+    import ptblm.epoch
+    from ptblm.data import batchify
+    from ptblm.epoch import train_epoch
+    from ptblm.step import TrainStep
+
+    monkeypatch.setattr(ptblm.epoch, "PROGRESS_EVERY_S", 0.0)
+    torch.manual_seed(0)
+    model = PTBModel(TINY)
+    data = batchify(torch.randint(0, TINY.vocab_size, (2001,)), TINY.batch_size)  # 20 windows
+    train_epoch(model, data, TINY.num_steps, TrainStep(model, "fp32"), desc="epoch 1 train")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("  epoch 1 train: step 1/19 (5%), ppl ")
+    assert len(lines) == 18  # every step but the last, which the epoch's own line reports
+    train_epoch(model, data, TINY.num_steps, TrainStep(model, "fp32"), quiet=True)
+    assert capsys.readouterr().out == ""  # ranks other than 0 say nothing

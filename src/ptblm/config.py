@@ -133,6 +133,7 @@ class TrackingParams:
     experiment: str = "ptb-lm"
     uri: str = ""
     on_unreachable: str = "fail"
+    system_metrics: bool = False  # CPU, memory, GPU use as system/* metrics, every 10 s
 
     def check(self, where: str) -> None:
         _require(bool(self.experiment), f"{where}.experiment", self.experiment, "a non-empty name")

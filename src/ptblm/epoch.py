@@ -6,6 +6,7 @@ Costs stay on the device during a pass; a non-finite one stops it with the epoch
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,18 @@ from .device import autocast
 from .errors import TrainingError
 from .model import PTBModel, State
 from .step import TrainStep
+
+# Without a terminal (nohup, CI, `dvc queue`) no progress bar is drawn; a pass then prints a
+# plain line this often, so a log shows a long epoch going on.
+PROGRESS_EVERY_S = 60.0
+
+
+def say(line: str) -> None:
+    """One line of the training log on stdout, out at once: above the progress bars on a
+    terminal, flushed when stdout is a file or pipe (Python block-buffers those, so a log
+    under nohup or a queue would otherwise show nothing until the process ends)."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 @dataclass
@@ -106,6 +119,8 @@ def _pass(
         mininterval=1.0,
         disable=True if quiet else None,
     )
+    plain = not quiet and bar.disable  # no terminal: lines instead of the bar
+    said = start
     refresh_every = max(1, steps // 20)
     for i, (x, y) in enumerate(iterate_batches(data, num_steps, include_tail)):
         step_costs[i] = cost_of(x, y)
@@ -113,7 +128,15 @@ def _pass(
         bar.update(1)
         if (i + 1) % refresh_every == 0 or i + 1 == steps:
             _check_finite(step_costs, i + 1, epoch, desc)
-            bar.set_postfix(ppl=f"{perplexity(step_costs[: i + 1].sum().item(), iters):.2f}")
+            ppl = perplexity(step_costs[: i + 1].sum().item(), iters)
+            bar.set_postfix(ppl=f"{ppl:.2f}")
+            now = time.perf_counter()
+            if plain and i + 1 < steps and now - said >= PROGRESS_EVERY_S:
+                said = now
+                say(
+                    f"  {desc or 'pass'}: step {i + 1}/{steps} ({100 * (i + 1) / steps:.0f}%), "
+                    f"ppl {ppl:.2f}, {now - start:.0f} s"
+                )
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

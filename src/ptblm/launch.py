@@ -58,7 +58,13 @@ def run_under_torchrun(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
     command = torchrun_command(nproc, max_restarts, rank_program(sys.argv[0], args))
-    return subprocess.run(command, env=env, preexec_fn=_end_with_parent).returncode
+    with subprocess.Popen(command, env=env, preexec_fn=_end_with_parent) as torchrun:
+        try:
+            return torchrun.wait()
+        except KeyboardInterrupt:  # SIGTERM (ptblm train raises it) or Ctrl-C: torchrun
+            torchrun.terminate()  # passes SIGTERM on to the ranks (rank 0 ends its MLflow
+            torchrun.wait()  # run KILLED); wait for them to end
+            raise
 
 
 def rank_program(entry: str, args: list[str]) -> list[str]:

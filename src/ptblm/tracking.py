@@ -52,6 +52,27 @@ EVAL_METRICS = {  # what `evaluate` adds
     "total_wall_time_s": f"{AUX}total_wall_time_s",
 }
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # UI: runs, not traces
+# MLflow 3.17's UI ignores that tag: a "GenAI / Model training" switch, kept per browser and
+# GenAI at first, picks an empty traces overview or the runs; `workflowType` in the URL
+# overrides it. Its runs table shows no metric columns until some are picked, but a URL
+# with `viewStateShareKey=<key>` loads the view stored in the experiment tag
+# `mlflow.sharedViewState.<key>`: this one shows the three perplexities.
+UI_VIEW_KEY = "perplexities"
+UI_VIEW_TAG = (
+    f"mlflow.sharedViewState.{UI_VIEW_KEY}",
+    json.dumps(
+        {
+            "selectedColumns": [
+                "attributes.`Models`",
+                "metrics.`test_perplexity`",
+                "metrics.`valid_perplexity`",
+                "metrics.`train_perplexity`",
+            ]
+        }
+    ),
+)
+UI_QUERY = f"workflowType=machine_learning&viewStateShareKey={UI_VIEW_KEY}"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 VERBOSE_ENV = "PTBLM_VERBOSE"
 SYSTEM_METRICS_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 5.0
@@ -121,6 +142,7 @@ class NullTracker:
     run_id: str | None = None
     uri: str | None = None
     experiment: str | None = None
+    experiment_id: str | None = None
     reopened = False  # logging into a run opened earlier (by a killed train, or by train)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
@@ -144,7 +166,10 @@ class NullTracker:
     def elapsed_s(self) -> float | None:
         return None
 
-    def end(self, failed: bool = False) -> None:
+    def ui_url(self) -> str | None:
+        return None
+
+    def end(self, failed: bool = False, *, killed: bool = False) -> None:
         pass
 
     def write_run_file(self, path: Path) -> None:
@@ -164,6 +189,7 @@ class MlflowTracker(NullTracker):
         run_id: str | None = None,
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
+        system_metrics: bool = False,
     ):
         quiet_mlflow()
         import mlflow
@@ -172,7 +198,8 @@ class MlflowTracker(NullTracker):
         self.uri, self.experiment = uri, experiment
         self.reopened = run_id is not None
         use_store(uri)
-        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        if system_metrics:
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         with _store_lock(uri):
             exp_id = self.retry(lambda: _experiment_id(mlflow, uri, experiment))
             run = self.retry(
@@ -182,10 +209,11 @@ class MlflowTracker(NullTracker):
                     run_name=None if run_id else run_name,
                     parent_run_id=parent_run_id,
                     tags=tags,
-                    log_system_metrics=True,
+                    log_system_metrics=system_metrics,
                 )
             )
         self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
         self._start_ms = run.info.start_time
 
     def retry(self, call: Callable[[], T]) -> T:
@@ -245,8 +273,18 @@ class MlflowTracker(NullTracker):
     def elapsed_s(self) -> float:
         return time.time() - self._start_ms / 1000
 
-    def end(self, failed: bool = False) -> None:
-        self.retry(lambda: self._mlflow.end_run("FAILED" if failed else "FINISHED"))
+    def ui_url(self) -> str:
+        """The experiment's runs table in the MLflow UI, with the perplexity columns: on the
+        server, or under `mlflow ui` for a local store."""
+        server = self.uri.startswith(("http://", "https://"))
+        base = self.uri.rstrip("/") if server else LOCAL_UI
+        return f"{base}/#/experiments/{self.experiment_id}/runs?{UI_QUERY}"
+
+    def end(self, failed: bool = False, *, killed: bool = False) -> None:
+        """FINISHED, FAILED, or KILLED (interrupted: SIGTERM, Ctrl-C); a rerun that resumes
+        the run's checkpoint reopens it, whichever it was."""
+        status = "KILLED" if killed else "FAILED" if failed else "FINISHED"
+        self.retry(lambda: self._mlflow.end_run(status))
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -262,14 +300,15 @@ def _experiment_id(mlflow, uri: str, name: str) -> str:
     """
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
-        if EXPERIMENT_KIND[0] not in found.tags:  # made by an older ptblm
-            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        for key, value in (EXPERIMENT_KIND, UI_VIEW_TAG):  # made by an older ptblm
+            if found.tags.get(key) != value:
+                mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     db = sqlite_path(uri)
     location = (db.parent / "mlruns" / name).as_uri() if db else None
     try:
         return mlflow.create_experiment(
-            name, artifact_location=location, tags=dict([EXPERIMENT_KIND])
+            name, artifact_location=location, tags=dict([EXPERIMENT_KIND, UI_VIEW_TAG])
         )
     except Exception:
         found = mlflow.get_experiment_by_name(name)
@@ -318,10 +357,13 @@ def open_tracker(
     uri = tracking_uri(settings)
     try:
         _probe(uri)
+        system = settings.system_metrics
         if previous_run_id and _find_run(uri, previous_run_id) is not None:
-            return MlflowTracker(uri, settings.experiment, run_name, run_id=previous_run_id)
+            return MlflowTracker(
+                uri, settings.experiment, run_name, run_id=previous_run_id, system_metrics=system
+            )
         tags = {PREVIOUS_RUN_TAG: previous_run_id} if previous_run_id else None
-        return MlflowTracker(uri, settings.experiment, run_name, tags=tags)
+        return MlflowTracker(uri, settings.experiment, run_name, tags=tags, system_metrics=system)
     except Exception as exc:
         message = (
             f"MLflow tracking store {uri} cannot be used: {exc}. Start it or fix "
@@ -335,7 +377,11 @@ def open_tracker(
 
 
 def open_evaluation(
-    run_file: Path, run_name: str, params: dict[str, Any], tags: dict[str, str]
+    run_file: Path,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    system_metrics: bool = False,
 ) -> NullTracker:
     """Where `evaluate` logs: the training run train handed over, if this evaluation belongs
     to it (the run has no test score yet, and was trained for these evaluate params); else a
@@ -351,7 +397,9 @@ def open_evaluation(
         logged.get(k) in (None, str(v)) for k, v in params.items()
     )
     if own:
-        tracker = MlflowTracker(uri, run["experiment"], "", run_id=run["run_id"])
+        tracker = MlflowTracker(
+            uri, run["experiment"], "", run_id=run["run_id"], system_metrics=system_metrics
+        )
     else:
         tracker = MlflowTracker(
             uri,
@@ -359,6 +407,7 @@ def open_evaluation(
             run_name,
             parent_run_id=run["run_id"],
             tags={**tags, TRAINING_RUN_TAG: run["run_id"]},
+            system_metrics=system_metrics,
         )
     tracker.log_params(params)
     return tracker

@@ -32,7 +32,7 @@ from .distributed import (
     slowest,
     summed,
 )
-from .epoch import EpochResult, score_epoch, train_epoch
+from .epoch import EpochResult, say, score_epoch, train_epoch
 from .model import PTBModel
 from .schedule import learning_rate
 from .step import TrainStep
@@ -103,7 +103,7 @@ def train(
     share_weights(model, world)  # rank 0's, resumed or not
     resumed_from = state.epoch
     if resumed_from and world.is_main:
-        tqdm.write(resume_note(config_name, resumed_from, checkpoint_path, device, config))
+        say(resume_note(config_name, resumed_from, checkpoint_path, device, config))
 
     train_data = rank_rows(batchify(corpus.splits["train"], config.batch_size), world).to(device)
     valid_data = rank_rows(batchify(corpus.splits["valid"], config.batch_size), world).to(device)
@@ -152,7 +152,7 @@ def train(
         if not world.is_main:
             continue
         save_checkpoint(checkpoint_path, identity, model, step.optimizer, state, tracking_run_id)
-        tqdm.write(
+        say(
             f"epoch {epoch:3d}  lr {lr:.4f}  train ppl {trained.perplexity:8.2f}  "
             f"valid ppl {valid.perplexity:8.2f}  {trained.words_per_sec:9.0f} words/s  "
             f"{record['epoch_time_s']:6.1f} s"

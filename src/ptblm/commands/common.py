@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -56,3 +59,46 @@ def fails_cleanly(command):
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised wherever the process is, as Ctrl-C raises KeyboardInterrupt: the same
+    cleanup runs for both (the MLflow run is ended KILLED, not left RUNNING)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def stops_cleanly(note: Callable[[], str | None]):
+    """SIGTERM and SIGINT (Ctrl-C) end the command as an exception would (its `finally` and
+    `except BaseException` blocks run), then with one line on stderr naming the signal and
+    `note()`'s advice (no line where `note()` is None: a rank other than 0), and exit status
+    128 + the signal's number, as a shell reports a job a signal ended."""
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                signum = getattr(exc, "signum", signal.SIGINT)
+                advice = note()
+                if advice is not None:
+                    name = f"ptblm {command.__name__.removesuffix('_command')}"
+                    click.echo(
+                        f"{name}: interrupted by {signal.Signals(signum).name}; {advice}",
+                        err=True,
+                    )
+                sys.exit(128 + signum)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+
+        return wrapper
+
+    return decorate

@@ -17,8 +17,16 @@ from .common import (
     fails_cleanly,
     model_option,
     params_option,
+    stops_cleanly,
     tracking_option,
 )
+
+
+def _interrupted_note() -> str:
+    return (
+        "its MLflow run is marked KILLED and metrics/<config>/eval.json is as it was; run it "
+        "again (dvc repro, dvc exp run) to evaluate"
+    )
 
 
 @click.command(name="evaluate")
@@ -26,6 +34,7 @@ from .common import (
 @model_option
 @tracking_option
 @fails_cleanly
+@stops_cleanly(_interrupted_note)
 def evaluate_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
     """Test (and valid) perplexity as the tutorial scores it: batch 1, state carried.
 
@@ -53,6 +62,7 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
             f"{tracking.run_name(name)}-eval",
             {"config": name, "evaluate.batch_size": batch},
             tracking.run_tags(name, device.type, device_description(device)),
+            params.tracking.system_metrics,
         )
         if enabled
         else tracking.NullTracker()
@@ -84,6 +94,9 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
             evaluated["total_wall_time_s"] = tracker.elapsed_s()
         tracker.log_metrics({tracking.EVAL_METRICS[k]: v for k, v in evaluated.items()})
         tracker.log_artifacts([eval_json])
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM (stops_cleanly)
+        tracker.end(killed=True)
+        raise
     except BaseException:
         tracker.end(failed=True)
         raise

@@ -27,6 +27,7 @@ from .common import (
     fails_cleanly,
     model_option,
     params_option,
+    stops_cleanly,
     tracking_option,
 )
 
@@ -123,11 +124,24 @@ def _write_results(
     return [train_json, speed_json, history, curve]
 
 
+def _interrupted_note() -> str | None:
+    """After SIGTERM or Ctrl-C: how to go on, and how to get back what DVC deleted first."""
+    if int(os.environ.get("RANK", "0")):  # a torchrun rank other than 0: rank 0 says it
+        return None
+    return (
+        "the MLflow run is marked KILLED and the checkpoint keeps the finished epochs: run "
+        "it again (dvc repro, dvc exp run) to resume and finish it. DVC deleted this stage's "
+        "outputs before it ran; the committed ones come back with `git checkout metrics "
+        "plots timings` and `dvc checkout`"
+    )
+
+
 @click.command(name="train")
 @params_option
 @model_option
 @tracking_option
 @fails_cleanly
+@stops_cleanly(_interrupted_note)
 def train_command(params_path: Path, model_name: str | None, tracking_on: bool | None) -> None:
     """Train the selected config; resumes from its last checkpoint if interrupted.
 
@@ -205,6 +219,10 @@ def _train(params: Params, world: World, device: torch.device, tracking_on: bool
         tracker = tracking.open_tracker(params.tracking, tracking.run_name(name), previous)
     else:
         tracker = tracking.NullTracker()
+    if url := tracker.ui_url():
+        local = not url.startswith(tracker.uri or "")
+        where = f"{url} (after `mlflow ui` at the project root)" if local else url
+        click.echo(f"MLflow run {tracker.run_id}: {where}", err=True)
     try:
         tags = tracking.run_tags(name, device.type, device_description(device))
         settings = run_settings_tags(params, resumed=tracker.reopened)
@@ -229,6 +247,9 @@ def _train(params: Params, world: World, device: torch.device, tracking_on: bool
         files = _write_results(params, result, device, world.size, md5_of(model_file))
         _log_training(tracker, result, files, model_file)
         tracker.write_run_file(MODELS_DIR / name / RUN_FILE)
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM (stops_cleanly): a rerun resumes it
+        _end_interrupted(tracker)
+        raise
     except BaseException:
         tracker.end(failed=True)
         raise
@@ -241,6 +262,15 @@ def _train(params: Params, world: World, device: torch.device, tracking_on: bool
     )
     if note := _others_note(checkpoint):
         click.echo(f"note: {note}")
+
+
+def _end_interrupted(tracker: tracking.NullTracker) -> None:
+    """KILLED, not RUNNING forever; a store that cannot take it (the signal landed in the
+    middle of a write) is a warning, and the interruption goes on."""
+    try:
+        tracker.end(killed=True)
+    except Exception as exc:
+        tracking.warn(f"the MLflow run {tracker.run_id} could not be marked KILLED ({exc})")
 
 
 def _say_start(params: Params, device, checkpoint: Path, processes: int) -> None:
