@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT
+from conftest import committed_params
 from test_train import TINY
 
 import ptblm
@@ -251,7 +251,7 @@ def test_carry_state_total_equals_evaluate_on_the_test_split(
     """The `test` config (35 steps per window, so the epoch takes seconds) on real PTB."""
     extract_ptb(shared_archive, tmp_path / "data" / "ptb")
     prepare(tmp_path / "data" / "ptb", tmp_path / "data" / "prepared")
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["models"]["test"]["num_steps"] = 35
     params["tracking"]["enabled"] = False
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
