@@ -19,8 +19,6 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, TINY_CONFIG, committed_tree, copy_project, git, run, tool_env
 
-pytestmark = pytest.mark.e2e  # real dvc, real training processes
-
 README = PROJECT_ROOT / "README.md"
 MARKER = re.compile(r"^<!-- readme-test: ([\w-]+)\b.*-->$")
 CONFIGS = ("small", "medium", "large")
@@ -105,6 +103,7 @@ def table_rows(text: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.e2e  # real dvc, real training processes
 def test_choose_a_config_or_a_variant(project: Path):
     run_block(project, "choose")
     params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
@@ -114,6 +113,7 @@ def test_choose_a_config_or_a_variant(project: Path):
     assert len(shown) == 3, shown
 
 
+@pytest.mark.e2e  # real dvc, real training processes
 def test_sweep_queue_and_look(project: Path):
     out = run_block(project, "sweep")
     compare = next(v for k, v in out.items() if k.startswith("ptblm compare"))
@@ -140,6 +140,7 @@ def test_sweep_queue_and_look(project: Path):
         assert float(experiments[0][column]) > 1, show
 
 
+@pytest.mark.e2e  # real dvc, real training processes
 def test_error_bars_from_seeds(project: Path):
     out = run_block(project, "seeds")
     (markdown,) = [v for k, v in out.items() if k.startswith("ptblm compare")]
@@ -154,3 +155,18 @@ def test_error_bars_from_seeds(project: Path):
     assert float(mean[header.index("sd test")]) > 0
     seeds = {r[header.index("train.seed")] for r in rows if r[1] == "small"}
     assert {"1", "2", "3"} <= seeds
+
+
+def test_the_cpu_install_takes_the_wheel_ci_takes():
+    """A plain `pip install torch==2.13.0` gets PyPI's CUDA build; the README's CPU line takes
+    the CPU wheel from the index the workflow uses, at the version the quick start pins."""
+    readme = README.read_text(encoding="utf-8")
+    workflow = (PROJECT_ROOT / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
+    (version,) = re.findall(r'TORCH_VERSION: "([\d.]+)"', workflow)
+    index = "--index-url https://download.pytorch.org/whl/cpu"
+    assert f'pip install "torch==${{TORCH_VERSION}}" {index}' in workflow
+    lines = [line.strip() for line in readme.splitlines()]
+    assert f"pip install torch=={version} {index}" in " ".join(
+        line for line in lines if line.startswith("python3 -m venv")
+    )
+    assert "the pin lets CPU-only machines" not in readme
