@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import random
 import shutil
@@ -31,9 +33,54 @@ SHARED_ARCHIVE = Path(
         "PTBLM_TEST_ARCHIVE", PROJECT_ROOT.parent / "shared" / "data" / "simple-examples.tgz"
     )
 ).resolve()
-# What a fresh clone has that a pipeline run needs (data, models, stores are made by the run).
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
+# What a fresh clone has that a pipeline run needs (data, models, stores are made by the run);
+# params.yaml comes from HEAD (committed_text), the code from the working copy.
+PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
 PROJECT_DIRS = ("stages", "src", ".dvc")
+
+
+@functools.cache
+def committed_text(path: str) -> str:
+    """A file of the project's state (params.yaml, metrics/, plots/, dvc.lock) as HEAD has it.
+    Tests never read the working copy's: the README's own `dvc exp run -S model=test` leaves
+    `model: test`, new metrics and a new lock there. Outside a git checkout (an unpacked
+    sdist), the file itself."""
+    done = subprocess.run(
+        ["git", "show", f"HEAD:{path}"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    if done.returncode == 0:
+        return done.stdout
+    inside = subprocess.run(
+        ["git", "rev-parse", "--is-inside-work-tree"], cwd=PROJECT_ROOT, capture_output=True
+    )
+    if inside.returncode == 0:  # a checkout without the file committed: say so
+        raise FileNotFoundError(f"{path} is not in HEAD: {done.stderr.strip()}")
+    return (PROJECT_ROOT / path).read_text(encoding="utf-8")
+
+
+def committed_params() -> dict:
+    """HEAD's params.yaml, parsed (a fresh copy each call, to change)."""
+    return yaml.safe_load(committed_text("params.yaml"))
+
+
+def committed_params_file(folder: Path) -> Path:
+    """HEAD's params.yaml, written to folder/params.yaml, for commands that take --params."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(committed_text("params.yaml"), encoding="utf-8")
+    return path
+
+
+def committed_tree(folder: str, dest: Path) -> None:
+    """HEAD's `folder` (metrics/, plots/, timings/) unpacked under dest."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", "HEAD", folder],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
 
 
 def tool_env(repo: Path | None = None, **extra: str) -> dict[str, str]:
@@ -137,6 +184,7 @@ def make_project(parent: Path) -> Path:
     repo.mkdir()
     for name in PROJECT_FILES:
         shutil.copy2(PROJECT_ROOT / name, repo / name)
+    (repo / "params.yaml").write_text(committed_text("params.yaml"), encoding="utf-8")
     for name in PROJECT_DIRS:
         shutil.copytree(
             PROJECT_ROOT / name,
@@ -186,9 +234,9 @@ def write_corpus(root: Path, train_tokens: int = 4000, seed: int = 0) -> Path:
 
 
 def tiny_params(epochs: int, **changes: Any) -> dict:
-    """This checkout's params.yaml selecting config `tiny` (TINY_CONFIG with `changes`), on
-    the CPU, one thread."""
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    """HEAD's params.yaml selecting config `tiny` (TINY_CONFIG with `changes`), on the CPU,
+    one thread."""
+    params = committed_params()
     params.update(model="tiny")
     params["models"]["tiny"] = {**TINY_CONFIG, "max_max_epoch": epochs, **changes}
     params["train"].update(device="cpu", num_threads=1)

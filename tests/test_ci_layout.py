@@ -6,14 +6,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dvc, git, init_repo, make_project, run, tool_env
+from conftest import (
+    committed_params,
+    committed_tree,
+    dvc,
+    git,
+    init_repo,
+    make_project,
+    run,
+    tool_env,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_RUN = ROOT / ".ci" / "run"
@@ -93,7 +101,7 @@ def dvc_yaml() -> dict:
 
 @pytest.fixture(scope="module")
 def configs() -> set[str]:
-    return set(yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["models"])
+    return set(committed_params()["models"])
 
 
 def stage_metric_paths(dvc_yaml: dict) -> list[str]:
@@ -112,12 +120,15 @@ def test_one_metrics_folder_per_config_listed_whole(dvc_yaml, configs):
     plots = {next(iter(p)) if isinstance(p, dict) else p: p for p in dvc_yaml["plots"]}
     assert "plots" in plots
     assert plots["plots"]["plots"]["y"] == ["train_perplexity", "valid_perplexity"]
-    committed = {p.name for p in (ROOT / "metrics").iterdir() if p.is_dir()}
+    tracked = git(ROOT, "ls-tree", "-r", "--name-only", "HEAD", "metrics", "plots").split()
+    committed = {
+        Path(p).parts[1] for p in tracked if p.startswith("metrics/") and p.count("/") == 2
+    }
     assert "test" in committed and committed <= configs
     for config in committed:
-        files = {p.name for p in (ROOT / "metrics" / config).iterdir()}
+        files = {Path(p).name for p in tracked if p.startswith(f"metrics/{config}/")}
         assert {"train.json", "eval.json"} <= files <= {"train.json", "eval.json", "seeds.json"}
-        assert (ROOT / "plots" / config / "history.csv").is_file()
+        assert f"plots/{config}/history.csv" in tracked
         # timings/<config>/speed.json only where the run's speed was a measurement (a run
         # that shared the cores with others commits none: docs/reproduction.md)
 
@@ -380,7 +391,7 @@ def test_a_new_results_folder_lists_itself(tmp_path):
     `dvc metrics diff` and `dvc plots show`; its timings appear in none of them."""
     repo = make_project(tmp_path)
     for folder in ("metrics", "plots", "timings"):
-        shutil.copytree(ROOT / folder, repo / folder)
+        committed_tree(folder, repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "committed results")
 

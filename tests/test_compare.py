@@ -10,12 +10,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import committed_params_file
 
 from ptblm.cli import main
 from ptblm.compare import REFERENCE, from_metrics, with_reference
 from ptblm.fsutil import write_json
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    """HEAD's params.yaml (never the working copy's)."""
+    return committed_params_file(tmp_path_factory.mktemp("params"))
 
 
 def write_results(root: Path, config: str, valid: float, test: float) -> None:
@@ -63,11 +68,11 @@ def test_variants_are_shown_with_the_published_results_of_their_recipes(tmp_path
     assert gru.loc["metrics/small-gru", "Δtest vs paper (ppl)"] == pytest.approx(5.0)
 
 
-def test_command_writes_markdown_and_csv(tmp_path: Path, monkeypatch) -> None:
+def test_command_writes_markdown_and_csv(params_file: Path, tmp_path: Path, monkeypatch) -> None:
     write_results(tmp_path, "medium", valid=86.0, test=82.0)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    args = ["compare", "--params", str(PARAMS), "--source", "metrics"]
+    args = ["compare", "--params", str(params_file), "--source", "metrics"]
     result = runner.invoke(main, [*args, "--format", "markdown"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("| run ")
@@ -84,7 +89,7 @@ def test_command_writes_markdown_and_csv(tmp_path: Path, monkeypatch) -> None:
     assert result.exit_code == 0 and "metrics/medium" in result.output
 
 
-def test_runs_from_the_mlflow_store(tmp_path: Path, monkeypatch) -> None:
+def test_runs_from_the_mlflow_store(params_file: Path, tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -103,7 +108,7 @@ def test_runs_from_the_mlflow_store(tmp_path: Path, monkeypatch) -> None:
                 }
             )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    result = CliRunner().invoke(main, ["compare", "--params", str(PARAMS), "--format", "csv"])
+    result = CliRunner().invoke(main, ["compare", "--params", str(params_file), "--format", "csv"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.output))
     runs = table[table["run"].str.startswith("small-")]
@@ -115,15 +120,17 @@ def test_runs_from_the_mlflow_store(tmp_path: Path, monkeypatch) -> None:
     ]
 
 
-def test_missing_store_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
+def test_missing_store_is_a_one_line_error(params_file: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")
-    result = CliRunner().invoke(main, ["compare", "--params", str(PARAMS)])
+    result = CliRunner().invoke(main, ["compare", "--params", str(params_file)])
     assert result.exit_code == 1
     assert "no MLflow store" in result.output and "--source metrics" in result.output
     assert not (tmp_path / "none.db").exists()
 
 
-def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, monkeypatch) -> None:
+def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(
+    params_file: Path, tmp_path: Path, monkeypatch
+) -> None:
     """Three seeds of one config (one logged after new keys came), one run with another hidden
     size, in a real store."""
     import mlflow
@@ -153,7 +160,7 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
             if test is not None:
                 mlflow.log_metric("test_perplexity", test)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    result = CliRunner().invoke(main, ["compare", "--params", str(PARAMS), "--format", "csv"])
+    result = CliRunner().invoke(main, ["compare", "--params", str(params_file), "--format", "csv"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.output), dtype={"train.seed": str})
     assert {"hidden_size", "train.seed", "n", "sd test"} <= set(table.columns)
@@ -172,7 +179,7 @@ def test_seeded_runs_get_params_columns_and_a_mean_and_std_row(tmp_path: Path, m
     assert ours.iloc[5]["n"] == 1 and pd.isna(ours.iloc[5]["sd test"])
 
     markdown = CliRunner().invoke(
-        main, ["compare", "--params", str(PARAMS), "--format", "markdown"]
+        main, ["compare", "--params", str(params_file), "--format", "markdown"]
     )
     assert "| mean of 3 runs " in markdown.output and "| 1,2,3 " in markdown.output
     assert "Δtest vs paper (ppl)" in markdown.output and "Δtest vs paper (%)" in markdown.output
@@ -184,7 +191,9 @@ def write_run(folder: Path, valid: float, test: float) -> None:
     write_json(folder / "eval.json", {"test_perplexity": test})
 
 
-def test_seeds_command_summarizes_run_folders_and_compare_shows_it(tmp_path: Path, monkeypatch):
+def test_seeds_command_summarizes_run_folders_and_compare_shows_it(
+    params_file: Path, tmp_path: Path, monkeypatch
+):
     """`ptblm seeds` over three kept runs writes metrics/<config>/seeds.json (n, mean, sd);
     `compare --source metrics` shows it as a row, and `--plot` draws it with an error bar."""
     tests = {"1": 113.0, "2": 112.0, "3": 115.5}
@@ -205,7 +214,7 @@ def test_seeds_command_summarizes_run_folders_and_compare_shows_it(tmp_path: Pat
     assert summary["test"]["sd"] == pytest.approx(statistics.stdev(tests.values()))
     assert "small: n=3  test 113.50 ± 1.80" in result.output
 
-    args = ["compare", "--params", str(PARAMS), "--source", "metrics", "--format", "csv"]
+    args = ["compare", "--params", str(params_file), "--source", "metrics", "--format", "csv"]
     result = runner.invoke(main, [*args, "--plot", "compare.png"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.output)).set_index("run")

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, run, tool_env
+from conftest import PROJECT_ROOT, committed_params, committed_params_file, run, tool_env
 
 from ptblm.config import ConfigError, ModelConfig, load_params, parse_params
 
-RAW = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+RAW = committed_params()  # HEAD's: a `dvc exp run -S model=test` leaves the working copy's changed
 BASELINES = ("small", "medium", "large", "test")
 VARIANTS = ("small-tied", "small-gru", "medium-tied", "large-tied", "test-variants")
 
@@ -280,10 +280,10 @@ def test_every_train_and_evaluate_key_is_classified_once_and_the_docs_say_the_sa
     assert rows == {s.key: "result" if s.result else "operational" for s in SETTINGS}
 
 
-def test_the_training_result_holds_the_result_keys_and_no_operational_one():
+def test_the_training_result_holds_the_result_keys_and_no_operational_one(tmp_path):
     from ptblm.config import OPERATIONAL_KEYS, training_result
 
-    params = load_params(PROJECT_ROOT / "params.yaml", "small")
+    params = load_params(committed_params_file(tmp_path), "small")
     result = training_result("small", params.config, params.train)
     assert result["config"] == "small" and result["hidden_size"] == 200
     assert {"train.seed", "train.precision", "train.nproc_per_node"} <= set(result)

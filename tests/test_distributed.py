@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_project, dvc, tool_env
+from conftest import committed_text, copy_project, dvc, tool_env
 
 from ptblm.config import ConfigError, load_params
 from ptblm.launch import torchrun_command
@@ -102,7 +102,7 @@ def test_two_gloo_ranks_make_the_update_of_one_process_with_the_whole_batch(tmp_
 
 def test_a_batch_that_does_not_split_over_the_processes_is_a_params_error(tmp_path: Path):
     params = tmp_path / "params.yaml"
-    text = (Path(__file__).parents[1] / "params.yaml").read_text()
+    text = committed_text("params.yaml")
     params.write_text(text.replace("nproc_per_node: 1", "nproc_per_node: 3", 1))
     with pytest.raises(ConfigError, match=r"models.small.batch_size = 20 does not split over 3"):
         load_params(params, "small")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, run, tool_env
+from conftest import PROJECT_ROOT, committed_params, run, tool_env
 
 from ptblm.archive import PTB_MD5, extract_ptb
 from ptblm.data import prepare
@@ -307,7 +307,7 @@ def test_the_archive_source_still_comes_first(
 
 
 def write_params(path: Path, sources: list[str], file_sources: list[str] | None = None) -> Path:
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw = committed_params()
     raw["data"] = {"sources": sources, "timeout_s": 5, "retries": 1, "backoff_s": 0}
     raw["data"]["file_sources"] = file_sources or []
     path.write_text(yaml.safe_dump(raw))

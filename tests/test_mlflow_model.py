@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, run, tool_env
+from conftest import PROJECT_ROOT, committed_params, run, tool_env
 from test_score_generate import write_text_corpus
 from test_tracking import free_port
 
@@ -34,7 +34,7 @@ def tracked(tmp_path_factory) -> dict:
     """`ptblm train` then `ptblm evaluate` of the `test` config on a small corpus, tracked."""
     root = tmp_path_factory.mktemp("tracked")
     write_text_corpus(root)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["model"] = "test"
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     uri = f"sqlite:///{root / 'mlflow.db'}"

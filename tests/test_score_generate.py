@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT
+from conftest import committed_params
 from test_train import TINY
 
 import ptblm
@@ -166,6 +166,36 @@ def test_bad_input_is_one_line_and_nothing_printed(
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_skip_empty_leaves_empty_lines_out_and_keeps_the_line_numbers(
+    trained: Path, monkeypatch
+) -> None:
+    args = ["score", "--model", "models/tiny/model.pt", "--format", "jsonl", "--skip-empty"]
+    result = invoke(trained, monkeypatch, *args, stdin=b"the company\n\n...\nsaid it\n")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["line"] for r in records] == [1, 4, "total"]
+    assert records[-1]["words"] == 4
+    assert "2 empty line(s) left out" in result.stderr
+    nothing = invoke(trained, monkeypatch, *args, stdin=b"\n \n")
+    assert nothing.exit_code == 1 and nothing.stdout == ""
+    assert "nothing to score" in nothing.stderr
+
+
+def test_mostly_oov_sentences_are_named_on_stderr_and_in_help(trained: Path, monkeypatch):
+    text = b"Zyzzyva quux foobar.\nthe company said\nthe zebra\n"  # 3 of 3, 0 of 3, 1 of 2
+    result = invoke(trained, monkeypatch, "score", "--model", "models/tiny/model.pt", stdin=text)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: line 1: 3 of 3 words")
+    assert "<unk>" in warnings[0]
+    rows = [line.split() for line in result.stdout.splitlines()[1:-1]]
+    assert [row[2] for row in rows] == ["3", "0", "1"]  # the oov column, unchanged
+    shown = invoke(trained, monkeypatch, "score", "--help")
+    help_text = " ".join(shown.stdout.split())
+    assert "made-up words" in help_text and "scored as <unk>" in help_text
+    assert "--skip-empty" in help_text
+
+
 def test_missing_model_is_one_line(trained: Path, monkeypatch) -> None:
     result = invoke(trained, monkeypatch, "score", "--model", "nope/model.pt", stdin=b"the\n")
     assert result.exit_code == 1 and "no such model file" in result.stderr
@@ -251,7 +281,7 @@ def test_carry_state_total_equals_evaluate_on_the_test_split(
     """The `test` config (35 steps per window, so the epoch takes seconds) on real PTB."""
     extract_ptb(shared_archive, tmp_path / "data" / "ptb")
     prepare(tmp_path / "data" / "ptb", tmp_path / "data" / "prepared")
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["models"]["test"]["num_steps"] = 35
     params["tracking"]["enabled"] = False
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import copy_project, dvc, git, run, tool_env
+from conftest import committed_params_file, copy_project, dvc, git, run, tool_env
 
 from ptblm.config import TrackingParams
 from ptblm.tracking import (
@@ -77,7 +77,7 @@ def test_no_tracking_never_imports_mlflow(tmp_path: Path) -> None:
         cli.main(["train", "--no-tracking", "--model", "test", "--params", sys.argv[1]])
         """
     )
-    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    params = committed_params_file(tmp_path / "committed")
     result = subprocess.run(
         [sys.executable, "-c", code, str(params)],
         cwd=tmp_path,

@@ -63,15 +63,23 @@ def read_lines(data: bytes, source: str) -> list[str]:
     return lines
 
 
-def parse(lines: Sequence[str], vocab: Sequence[str], normalized: bool = True) -> list[Sentence]:
-    """Every line checked before any is scored: an empty one stops it all, with its number."""
+def parse(
+    lines: Sequence[str], vocab: Sequence[str], normalized: bool = True, skip_empty: bool = False
+) -> list[Sentence]:
+    """Every line checked before any is scored: an empty one stops it all, with its number,
+    unless `skip_empty` (then it is left out; the others keep their line numbers)."""
     known = set(vocab)
     sentences = []
     for number, text in enumerate(lines, start=1):
         words = normalize(text, known) if normalized else text.split()
+        if not words and skip_empty:
+            continue
         if not words:
             what = "is empty" if not text.strip() else "has no words once normalized"
-            raise ScoreError(f"line {number} {what}; give one sentence per line, none empty")
+            raise ScoreError(
+                f"line {number} {what}; give one sentence per line, or --skip-empty to leave "
+                "such lines out"
+            )
         oov = [w for w in words if w not in known]
         if oov and UNK not in known:
             raise ScoreError(
@@ -79,7 +87,20 @@ def parse(lines: Sequence[str], vocab: Sequence[str], normalized: bool = True) -
                 "to score them as; leave them out"
             )
         sentences.append(Sentence(number, text, words, oov))
+    if not sentences:
+        raise ScoreError("every line is empty or has no words once normalized; nothing to score")
     return sentences
+
+
+# A sentence this much out of vocabulary is mostly <unk>s, which a PTB model predicts often
+# (<unk> is 4.8% of ptb.train.txt's tokens, second only to "the"): its perplexity says how
+# likely a run of unknown words is, not how likely the sentence is.
+MOSTLY_OOV = 0.5
+
+
+def mostly_oov(sentences: Iterable[Sentence], share: float = MOSTLY_OOV) -> list[Sentence]:
+    """The sentences with more than `share` of their words out of vocabulary."""
+    return [s for s in sentences if len(s.oov) > share * len(s.words)]
 
 
 def _ids(sentence: Sentence, word_to_id: dict[str, int]) -> list[int]:

@@ -22,8 +22,14 @@ after an <eos> (every corpus sentence follows one), predicting every word and th
 Text is normalized the way PTB was prepared, so typed text reads as the model's training
 text did: {RULES}. --no-normalize scores the words as given.
 
-The whole input is read and checked first: an empty line, binary or non-UTF-8 input stops
-it with that line's number, before anything is printed.
+Out-of-vocabulary words score low perplexity, not high: each is scored as <unk>, one of
+PTB's most frequent words, so a line of made-up words ("Zyzzyva quux foobar.") can score
+better than a real sentence. The oov column counts them; a line with more than half of its
+words out of vocabulary is also named in a warning on stderr.
+
+The whole input is read and checked first: an empty line (or one with no words once
+normalized), binary or non-UTF-8 input stops it with that line's number, before anything
+is printed. --skip-empty leaves empty lines out instead (the rest keep their numbers).
 """
 
 
@@ -38,6 +44,12 @@ it with that line's number, before anything is printed.
     "a split (its first token is context): prints the total only.",
 )
 @click.option("--no-normalize", is_flag=True, help="Score the words exactly as given.")
+@click.option(
+    "--skip-empty",
+    is_flag=True,
+    help="Leave out empty lines (and lines with no words once normalized) instead of "
+    "stopping; the others keep their line numbers.",
+)
 @fails_cleanly
 def score_command(
     params_path: Path,
@@ -48,9 +60,10 @@ def score_command(
     fmt: str,
     carry_state: bool,
     no_normalize: bool,
+    skip_empty: bool,
 ) -> None:
     """Log-probability and perplexity of sentences (see SCORE_HELP)."""
-    from ..score import parse, read_lines, render, score
+    from ..score import MOSTLY_OOV, mostly_oov, parse, read_lines, render, score
 
     source = "stdin" if str(input_file) == "-" else str(input_file)
     try:
@@ -59,7 +72,16 @@ def score_command(
         raise click.ClickException(f"{source}: cannot read ({exc.strerror})") from None
     lines = read_lines(data, source)
     lm = language_model(params_path, model_name, model_uri, device)
-    sentences = parse(lines, lm.vocab, normalized=not no_normalize)
+    sentences = parse(lines, lm.vocab, normalized=not no_normalize, skip_empty=skip_empty)
     rows, total, rate = score(lm, sentences, device, carry_state=carry_state)
     click.echo(render(rows, total, fmt), nl=False)
+    if skipped := len(lines) - len(sentences):
+        click.echo(f"note: {skipped:,} empty line(s) left out (--skip-empty)", err=True)
+    for s in mostly_oov(sentences):
+        click.echo(
+            f"warning: line {s.line}: {len(s.oov)} of {len(s.words)} words not in the "
+            f"vocabulary (over {MOSTLY_OOV:.0%}), each scored as <unk>, a frequent word: its "
+            "perplexity is low for that, not because the sentence is likely",
+            err=True,
+        )
     click.echo(f"{total.words + len(sentences):,} tokens scored, {rate:,.0f} words/s", err=True)
