@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .cache import Stream, cache_probs, mix
+from .api import LanguageModel
+from .cache import Stream, cache_probs, mix, read_stream
 from .config import CacheParams, DynamicParams
 from .dynamic import DynamicSettings, dynamic_logprobs
 from .epoch import perplexity
 from .model import PTBModel
+from .score import Score, Sentence, stream_ids
 
 Report = Callable[[str], None]
 
@@ -48,6 +50,39 @@ class Tuned:
 def cache_logprobs(stream: Stream, choice: CacheChoice) -> torch.Tensor:
     p = cache_probs(stream, [choice.theta], choice.window)[0]
     return mix(stream.logp, p, choice.weight)
+
+
+def adapted_logprobs(
+    model: PTBModel,
+    ids: torch.Tensor,
+    device: torch.device,
+    how: CacheChoice | DynamicSettings,
+    rms: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """log p of every token but the first of `ids` (1-D) read as one stream, batch 1, with the
+    cache or with dynamic evaluation (`rms`: the training data's gradient RMS, for its rule)."""
+    if isinstance(how, CacheChoice):
+        return cache_logprobs(read_stream(model, ids, device), how)
+    return dynamic_logprobs(model, ids, how, rms, device)
+
+
+def score_adapted(
+    lm: LanguageModel,
+    sentences: Sequence[Sentence],
+    device: torch.device | str,
+    how: CacheChoice | DynamicSettings,
+    rms: list[torch.Tensor] | None = None,
+) -> tuple[Score, float]:
+    """`ptblm score --carry-state` with the cache or dynamic evaluation: the total, and
+    tokens per second."""
+    ids = stream_ids(lm, sentences)
+    start = time.perf_counter()
+    logp = adapted_logprobs(lm.model, ids, torch.device(device), how, rms)
+    seconds = time.perf_counter() - start
+    words = sum(len(s.words) for s in sentences)
+    oov = sum(len(s.oov) for s in sentences)
+    total = Score(None, words, oov, logp.sum().item(), stream_perplexity(logp))
+    return total, logp.numel() / seconds if seconds > 0 else float("inf")
 
 
 def tune_cache(valid: Stream, grid: CacheParams, report: Report = print) -> Tuned:

@@ -104,7 +104,7 @@ def mostly_oov(sentences: Iterable[Sentence], share: float = MOSTLY_OOV) -> list
 
 
 def _ids(sentence: Sentence, word_to_id: dict[str, int]) -> list[int]:
-    unk = word_to_id[UNK]
+    unk = word_to_id.get(UNK)  # parse refused OOV words where the vocabulary has no <unk>
     return [word_to_id.get(w, unk) for w in sentence.words]
 
 
@@ -149,6 +149,15 @@ def sentence_logprobs(
     return out
 
 
+def stream_ids(lm: LanguageModel, sentences: Sequence[Sentence]) -> torch.Tensor:
+    """The sentences as one stream of ids, each closed by <eos>, for --carry-state."""
+    word_to_id = lm.word_to_id
+    stream = [i for s in sentences for i in (*_ids(s, word_to_id), word_to_id[EOS])]
+    if len(stream) < 2:
+        raise ScoreError("--carry-state needs at least two tokens in all; give more text")
+    return torch.tensor(stream)
+
+
 def score(
     lm: LanguageModel,
     sentences: Sequence[Sentence],
@@ -160,11 +169,7 @@ def score(
     words = sum(len(s.words) for s in sentences)
     oov = sum(len(s.oov) for s in sentences)
     if carry_state:
-        word_to_id = lm.word_to_id
-        stream = [i for s in sentences for i in (*_ids(s, word_to_id), word_to_id[EOS])]
-        if len(stream) < 2:
-            raise ScoreError("--carry-state needs at least two tokens in all; give more text")
-        ids, where = torch.tensor(stream), torch.device(device)
+        ids, where = stream_ids(lm, sentences), torch.device(device)
         result = evaluate_split(lm.model, ids, 1, where, desc="score")
         tokens = result.words  # every token but the first is predicted
         total = Score(None, words, oov, -math.log(result.perplexity) * tokens, result.perplexity)

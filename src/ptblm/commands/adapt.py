@@ -12,8 +12,9 @@ import click
 
 from .. import tracking
 from ..config import load_params
-from ..fsutil import md5_of, write_json, write_text
+from ..fsutil import md5_of, save_tensors, write_json, write_text
 from .common import (
+    GRADIENT_RMS,
     METRICS_DIR,
     MODELS_DIR,
     PREPARED_DIR,
@@ -119,6 +120,9 @@ def adapt_command(params_path: Path, model_name: str | None, tracking_on: bool |
     adapt_json = METRICS_DIR / name / "adapt.json"
     speed_json = TIMINGS_DIR / name / "adapt.json"
     grids = {method: TUNING_DIR / name / f"{method}_grid.csv" for method in ("cache", "dynamic")}
+    if rms is not None:  # for `ptblm score --dynamic`, which has no training data at hand
+        names = [n for n, _ in model.named_parameters()]
+        save_tensors(dict(zip(names, rms, strict=True)), MODELS_DIR / name / GRADIENT_RMS)
     write_text(grids["cache"], grid_csv(cache.grid))
     write_text(grids["dynamic"], grid_csv(dynamic.grid))
     write_json(

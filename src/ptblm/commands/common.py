@@ -23,6 +23,7 @@ PLOTS_DIR = Path("plots")
 TIMINGS_DIR = Path("timings")
 TUNING_DIR = Path("tuning")  # per config: the adapt stage's grids, valid perplexity per point
 CHECKPOINT_DIR = Path("checkpoints")
+GRADIENT_RMS = "gradient_rms.pt"  # models/<config>/: dynamic evaluation's training statistics
 RUN_FILE = "mlflow_run.json"  # models/<config>/: the MLflow run id train hands to evaluate
 
 params_option = click.option(

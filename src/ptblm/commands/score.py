@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..text import RULES
+from .adapt_options import adaptation_options, chosen_adaptation
 from .common import fails_cleanly
 from .model_options import language_model, model_source
 
@@ -30,6 +31,11 @@ words out of vocabulary is also named in a warning on stderr.
 The whole input is read and checked first: an empty line (or one with no words once
 normalized), binary or non-UTF-8 input stops it with that line's number, before anything
 is printed. --skip-empty leaves empty lines out instead (the rest keep their numbers).
+
+With --carry-state, --cache or --dynamic adapt the model to the stream as it is read (the
+adapt stage's methods): the neural cache, or dynamic evaluation (each segment scored, then
+learned from; the model file is not changed). Their values default to the ones the adapt
+stage tuned on the valid split for this config (metrics/<config>/adapt.json).
 """
 
 
@@ -43,6 +49,7 @@ is printed. --skip-empty leaves empty lines out instead (the rest keep their num
     help="Score the lines as one stream, state carried, exactly as `ptblm evaluate` scores "
     "a split (its first token is context): prints the total only.",
 )
+@adaptation_options
 @click.option("--no-normalize", is_flag=True, help="Score the words exactly as given.")
 @click.option(
     "--skip-empty",
@@ -61,6 +68,7 @@ def score_command(
     carry_state: bool,
     no_normalize: bool,
     skip_empty: bool,
+    **adapt_options,
 ) -> None:
     """Log-probability and perplexity of sentences (see SCORE_HELP)."""
     from ..score import MOSTLY_OOV, mostly_oov, parse, read_lines, render, score
@@ -73,7 +81,15 @@ def score_command(
     lines = read_lines(data, source)
     lm = language_model(params_path, model_name, model_uri, device)
     sentences = parse(lines, lm.vocab, normalized=not no_normalize, skip_empty=skip_empty)
-    rows, total, rate = score(lm, sentences, device, carry_state=carry_state)
+    adaptation = chosen_adaptation(params_path, model_name, model_uri, **adapt_options)
+    if adaptation is None:
+        rows, total, rate = score(lm, sentences, device, carry_state=carry_state)
+    elif not carry_state:
+        raise click.UsageError("--cache and --dynamic read one stream: add --carry-state")
+    else:
+        from ..adapt import score_adapted
+
+        rows, (total, rate) = [], score_adapted(lm, sentences, device, *adaptation)
     click.echo(render(rows, total, fmt), nl=False)
     if skipped := len(lines) - len(sentences):
         click.echo(f"note: {skipped:,} empty line(s) left out (--skip-empty)", err=True)
