@@ -8,6 +8,7 @@ import click
 
 from .. import tracking
 from ..config import load_params
+from ..errors import PtblmError
 from ..fsutil import md5_of, write_json
 from .common import (
     METRICS_DIR,
@@ -44,6 +45,10 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
     device = training_device(params.train.device, params.train.gpu_wait_s)
     set_precision(params.train.precision, device)
     model_file = MODELS_DIR / name / "model.pt"
+    if not model_file.is_file():
+        from ..whereabouts import missing_model_message
+
+        raise PtblmError(missing_model_message(Path.cwd(), name, list(params.models), name))
     model = load_for_config(model_file, name, params.config, corpus).to(device)
     batch = params.evaluate.batch_size
     enabled = params.tracking.enabled if tracking_on is None else tracking_on
