@@ -27,6 +27,21 @@ def ptblm(repo, *args: str, check: bool = False):
     return run([sys.executable, "-m", "ptblm", *args], repo, check=check)
 
 
+def test_a_switch_that_fails_at_check_keeps_the_last_model(trained):
+    """DVC removes the old selection's model before any stage runs; check puts it back."""
+    repo, env, before = trained
+    sets = ("-S", "model=small", "-S", "models.small.num_steps=100000")
+    result = dvc(repo, "exp", "run", *sets, env=env, check=False)
+    assert result.returncode != 0
+    assert "shorter than one window" in result.stderr
+    assert "Running stage 'train'" not in result.stdout
+    assert {name: (repo / name).read_bytes() for name in MODEL_FILES} == before
+    assert "restored models/tiny/model.pt from the DVC cache" in result.stderr
+    assert "keeps the values `dvc exp run -S` set" in result.stderr  # model: small stays
+    assert not (repo / "models" / "small").exists()  # DVC's empty folder, removed
+    assert ptblm(repo, "generate", "--model", "tiny", "--words", "3").returncode == 0
+
+
 def test_a_mistyped_model_says_where_the_model_is_and_the_command_brings_it_back(trained):
     """A `model` no config has fails in DVC, before any ptblm code runs, after DVC removed
     the model from the workspace (measured: docs/pipeline.md); generate says where it is."""

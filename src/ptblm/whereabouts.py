@@ -1,5 +1,5 @@
 """Where a trained model is when it is not in the workspace, and the one command that brings it
-back.
+back; and restoring what DVC removed when `model` changed.
 
 `dvc exp run -S model=<other>` checks the new selection out before it runs anything: every
 cached output of the old selection (`models/<config>/model.pt`, its `mlflow_run.json`) is no
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,27 @@ def missing_model_message(
     best = next((p for p in found if p.cached), found[0])
     where = "in the DVC cache" if best.cached else "not in the local DVC cache (dvc pull)"
     return f"{path}: not in the workspace; it is {where}, from {best.where}: {best.command}{listed}"
+
+
+def restore_removed(root: Path, folder: str = "models/") -> list[Path]:
+    """Put back from the DVC cache each file under `folder` that this workspace's dvc.lock
+    records and the workspace lacks (DVC removed it when `model` changed); returns them."""
+    lock = root / LOCK_FILE
+    if not lock.is_file():
+        return []
+    restored = []
+    for path, md5 in sorted(locked_files(lock.read_text(encoding="utf-8")).items()):
+        dest = root / path
+        source = cached_file(root, md5)
+        if path.startswith(folder) and source is not None and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            restored.append(dest)
+    return restored
+
+
+def remove_empty_model_folder(root: Path, config: str) -> None:
+    """DVC's checkout of a selection it has nothing for leaves models/<config>/ empty."""
+    folder = root / "models" / config
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
