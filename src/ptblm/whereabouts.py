@@ -23,6 +23,20 @@ LOCK_FILE = "dvc.lock"
 WORKSPACE = "this workspace's dvc.lock"
 
 
+def read_selection(params_path: Path) -> tuple[list[str] | None, str | None]:
+    """The configs a params file names and the one it selects, read even where one of its
+    values is wrong (a mistyped `model`, say); None for what it lacks or cannot be read."""
+    try:
+        raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    models = raw.get("models")
+    configs = [str(name) for name in models] if isinstance(models, dict) and models else None
+    return configs, str(raw["model"]) if "model" in raw else None
+
+
 def model_path(config: str) -> str:
     return f"models/{config}/model.pt"
 

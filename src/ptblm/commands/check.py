@@ -47,7 +47,7 @@ def _restore_after_failure(params_path: Path) -> None:
     """Undo what DVC's checkout of the failed selection removed, and say what stays changed."""
     import os
 
-    from ..whereabouts import remove_empty_model_folder, restore_removed
+    from ..whereabouts import read_selection, remove_empty_model_folder, restore_removed
 
     root = Path.cwd()
     for path in restore_removed(root):
@@ -56,7 +56,7 @@ def _restore_after_failure(params_path: Path) -> None:
             "from the workspace when `model` changed)",
             err=True,
         )
-    selected = _selected(params_path)
+    _, selected = read_selection(params_path)
     if selected:
         remove_empty_model_folder(root, selected)
     if os.environ.get("DVC_EXP_NAME") or os.environ.get("DVC_EXP_BASELINE_REV"):
@@ -65,15 +65,6 @@ def _restore_after_failure(params_path: Path) -> None:
             "them when a run fails); `git diff params.yaml` shows them",
             err=True,
         )
-
-
-def _selected(params_path: Path) -> str | None:
-    import yaml
-
-    try:
-        return str(yaml.safe_load(params_path.read_text(encoding="utf-8"))["model"])
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
-        return None
 
 
 def _check(params_path: Path, model_name: str | None) -> None:

@@ -57,24 +57,8 @@ def language_model(params_path: Path, model_name: str | None, model_uri: str | N
     name = model_name or load_params(params_path).model
     path = MODELS_DIR / name / "model.pt"
     if not path.is_file():
-        from ..whereabouts import missing_model_message
+        from ..whereabouts import missing_model_message, read_selection
 
-        configs, selected = _configs(params_path)
+        configs, selected = read_selection(params_path)
         raise ModelError(missing_model_message(Path.cwd(), name, configs, selected))
     return load_model(path, device)
-
-
-def _configs(params_path: Path) -> tuple[list[str] | None, str | None]:
-    """The configs params.yaml names and the one it selects, read even where one of its
-    values is wrong (a mistyped `model`, say); None for what it lacks."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(params_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None, None
-    if not isinstance(raw, dict):
-        return None, None
-    models = raw.get("models")
-    configs = [str(name) for name in models] if isinstance(models, dict) and models else None
-    return configs, str(raw["model"]) if "model" in raw else None
