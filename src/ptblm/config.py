@@ -426,5 +426,10 @@ def load_params(path: Path = DEFAULT_PARAMS, model: str | None = None) -> Params
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"params: {path} is not valid YAML{line}; fix the syntax") from None
+    if raw is None:
+        raise ConfigError(
+            f"params: {path} is empty; it must set model, models and data "
+            f"(`git checkout {path}` restores the committed one)"
+        )
     params = parse_params(raw)
     return params.with_model(model) if model else params

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..config import load_params, training_result
+from ..errors import PtblmError
 from ..fsutil import write_json
 from .common import PREPARED_DIR, fails_cleanly, model_option, params_option
 
@@ -31,7 +32,42 @@ def check_command(params_path: Path, model_name: str | None) -> None:
     The file holds what the trained model depends on (the result keys of config.SETTINGS),
     so train reruns when one of them changes, and not when only an operational setting
     (threads, device, waits) or evaluate's do, though this stage checks those too.
+
+    On a failure, the models DVC removed from the workspace when `model` changed (the ones
+    this workspace's dvc.lock records) are put back from the DVC cache.
     """
+    try:
+        _check(params_path, model_name)
+    except PtblmError:
+        _restore_after_failure(params_path)
+        raise
+
+
+def _restore_after_failure(params_path: Path) -> None:
+    """Undo what DVC's checkout of the failed selection removed, and say what stays changed."""
+    import os
+
+    from ..whereabouts import read_selection, remove_empty_model_folder, restore_removed
+
+    root = Path.cwd()
+    for path in restore_removed(root):
+        click.echo(
+            f"note: restored {path.relative_to(root)} from the DVC cache (DVC removed it "
+            "from the workspace when `model` changed)",
+            err=True,
+        )
+    _, selected = read_selection(params_path)
+    if selected:
+        remove_empty_model_folder(root, selected)
+    if os.environ.get("DVC_EXP_NAME") or os.environ.get("DVC_EXP_BASELINE_REV"):
+        click.echo(
+            f"note: {params_path} keeps the values `dvc exp run -S` set (DVC does not undo "
+            "them when a run fails); `git diff params.yaml` shows them",
+            err=True,
+        )
+
+
+def _check(params_path: Path, model_name: str | None) -> None:
     params = load_params(params_path, model_name)
     # torch (data.py and device.py import it): only once the params are good
     from ..data import DataError, require_rows, require_vocab_fits, require_windows

@@ -8,6 +8,7 @@ import click
 
 from .. import tracking
 from ..config import load_params
+from ..errors import PtblmError
 from ..fsutil import md5_of, write_json
 from .common import (
     METRICS_DIR,
@@ -48,11 +49,16 @@ def evaluate_command(params_path: Path, model_name: str | None, tracking_on: boo
     from ..modelfile import load_for_config
 
     name = params.model
+    model_file = MODELS_DIR / name / "model.pt"
+    if not model_file.is_file():
+        from ..whereabouts import missing_model_message, read_selection
+
+        selected = read_selection(params_path)[1]  # params.yaml's own, not --model's
+        raise PtblmError(missing_model_message(Path.cwd(), name, list(params.models), selected))
     corpus = load_corpus(PREPARED_DIR)
     use_threads(params.train.num_threads)  # as train: -j 2 on 2 cores, one thread each
     device = training_device(params.train.device, params.train.gpu_wait_s)
     set_precision(params.train.precision, device)
-    model_file = MODELS_DIR / name / "model.pt"
     model = load_for_config(model_file, name, params.config, corpus).to(device)
     batch = params.evaluate.batch_size
     enabled = params.tracking.enabled if tracking_on is None else tracking_on

@@ -44,7 +44,7 @@ def language_model(params_path: Path, model_name: str | None, model_uri: str | N
     """The model `--model`/`--model-uri` name, on `device` (a one-line error if unusable)."""
     import torch
 
-    from ..api import load_model
+    from ..api import ModelError, load_model
 
     if device == "cuda" and not torch.cuda.is_available():
         raise click.ClickException("--device cuda: no CUDA device is visible; use --device cpu")
@@ -55,4 +55,10 @@ def language_model(params_path: Path, model_name: str | None, model_uri: str | N
     if model_name and (model_name.endswith(".pt") or os.sep in model_name):
         return load_model(model_name, device)
     name = model_name or load_params(params_path).model
-    return load_model(MODELS_DIR / name / "model.pt", device)
+    path = MODELS_DIR / name / "model.pt"
+    if not path.is_file():
+        from ..whereabouts import missing_model_message, read_selection
+
+        configs, selected = read_selection(params_path)
+        raise ModelError(missing_model_message(Path.cwd(), name, configs, selected))
+    return load_model(path, device)
