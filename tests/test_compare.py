@@ -13,7 +13,13 @@ from click.testing import CliRunner
 from conftest import committed_params_file
 
 from ptblm.cli import main
-from ptblm.compare import REFERENCE, from_metrics, with_reference
+from ptblm.compare import (
+    ADAPTATION_REFERENCE,
+    PUBLISHED_ADAPTATION,
+    REFERENCE,
+    from_metrics,
+    with_reference,
+)
 from ptblm.fsutil import write_json
 
 
@@ -49,6 +55,45 @@ def test_deltas_to_the_paper_and_reference_rows(tmp_path: Path) -> None:
     assert published == {"paper (Zaremba et al. 2014)", "TF tutorial"}
     assert set(table.loc[table["config"] == "small", "run"]) == {"metrics/small", *published}
     assert set(table["config"]) == {"small", "test"}
+
+
+def test_adapted_perplexities_sit_beside_the_static_one_with_the_published_gains(
+    tmp_path: Path,
+) -> None:
+    write_results(tmp_path, "small", valid=117.0, test=112.0)
+    write_results(tmp_path, "small-tied", valid=113.0, test=109.0)
+    write_results(tmp_path, "test", valid=900.0, test=880.0)
+    metrics = tmp_path / "metrics"
+    for config, md5 in (("small", "aaa"), ("small-tied", "bbb")):
+        trained = json.loads((metrics / config / "train.json").read_text())
+        write_json(metrics / config / "train.json", {**trained, "model_md5": "aaa"})
+        adapted = {"cache": {"test_perplexity": 100.8}, "dynamic": {"test_perplexity": 95.2}}
+        write_json(metrics / config / "adapt.json", {**adapted, "model_md5": md5})
+    table = with_reference(from_metrics(metrics, tmp_path / "timings")).set_index("run")
+    small = table.loc["metrics/small"]
+    assert (small["test cache"], small["test dynamic"]) == (100.8, 95.2)
+    assert small["Δtest cache (%)"] == pytest.approx(-10.0)
+    assert small["Δtest dynamic (%)"] == pytest.approx(-15.0)
+    # adapt.json of another model than the trained one is not shown, and says why
+    tied = table.loc["metrics/small-tied"]
+    assert pd.isna(tied["test cache"]) and tied["test"] == 109.0
+    assert "rerun adapt" in tied["note"]
+    assert pd.isna(table.loc["metrics/test", "test cache"])
+    # the published static / cache / dynamic figures, each with its source
+    awd = table.loc[
+        "AWD-LSTM finetuned, + continuous cache pointer (salesforce/awd-lstm-lm README)"
+    ]
+    assert (awd["test"], awd["test cache"]) == (56.5, 52.5)
+    assert awd["Δtest cache (%)"] == pytest.approx(-7.08, abs=0.01)
+    assert table.loc["AWD-LSTM + dynamic evaluation (Krause et al. 2018)", "test dynamic"] == 51.1
+    grave = table.loc["LSTM, + neural cache (Grave et al. 2017)"]
+    assert (grave["test"], grave["test cache"]) == (82.3, 72.1)
+    assert set(table.loc[table["config"] == PUBLISHED_ADAPTATION].index) == {
+        row["run"] for row in ADAPTATION_REFERENCE
+    }
+    # and none of them without an adapted figure to compare
+    plain = with_reference(from_metrics(metrics, tmp_path / "timings").iloc[2:])
+    assert PUBLISHED_ADAPTATION not in set(plain["config"])
 
 
 def test_variants_are_shown_with_the_published_results_of_their_recipes(tmp_path: Path) -> None:

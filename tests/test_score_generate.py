@@ -23,6 +23,7 @@ from ptblm.archive import extract_ptb
 from ptblm.cli import main
 from ptblm.config import TrainParams
 from ptblm.data import load_corpus, prepare
+from ptblm.fsutil import write_json
 from ptblm.modelfile import save_model
 from ptblm.text import normalize
 from ptblm.train import train
@@ -301,3 +302,63 @@ def test_carry_state_total_equals_evaluate_on_the_test_split(
     assert total["line"] == "total"
     assert total["perplexity"] == pytest.approx(evaluated["test_perplexity"], rel=1e-4)
     assert total["oov"] == 0 and total["words"] == 82430 - 3761  # test tokens less its <eos>
+
+
+def test_carry_state_with_the_cache_or_dynamic_evaluation_uses_the_tuned_values(
+    trained, monkeypatch
+):
+    """--cache / --dynamic take the adapt stage's choice from metrics/<config>/adapt.json and
+    score the stream as `ptblm.adapt` does; a weight of 0 is the static score; an option of
+    the other method, or the rms rule without its statistics, is a one-line error."""
+    from ptblm.adapt import CacheChoice, adapted_logprobs, stream_perplexity
+    from ptblm.dynamic import DynamicSettings, gradient_rms
+
+    corpus = load_corpus(trained / "data" / "prepared")
+    lm = ptblm.load_model(trained / "models" / "tiny" / "model.pt")
+    ids = corpus.splits["test"][:300]
+    text = " ".join(corpus.vocab[i] for i in ids.tolist()).replace(" <eos> ", "\n")
+    (trained / "stream.txt").write_text(text, encoding="utf-8")
+    chosen = {
+        "cache": {"window": 50, "theta": 0.7, "weight": 0.2},
+        "dynamic": {"learning_rate": 1e-3, "decay": 2e-3, "segment": 5, "rule": "rms"},
+    }
+    write_json(trained / "metrics" / "tiny" / "adapt.json", chosen)
+    (trained / "params.yaml").write_text(yaml.safe_dump({**committed_params(), "model": "tiny"}))
+
+    def total(*options: str) -> float:
+        result = invoke(trained, monkeypatch, "score", "--model", "tiny", "--carry-state",
+                        *options, "--format", "jsonl", "stream.txt")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.splitlines()[-1])["perplexity"]
+
+    stream = torch.tensor([lm.word_to_id[w] for w in text.replace("\n", " <eos> ").split()])
+    stream = torch.cat([stream, torch.tensor([lm.word_to_id["<eos>"]])])
+    expected = stream_perplexity(
+        adapted_logprobs(lm.model, stream, torch.device("cpu"), CacheChoice(50, 0.7, 0.2))
+    )
+    assert total("--cache") == pytest.approx(expected, rel=1e-9)
+    assert total("--cache", "--cache-weight", "0") == pytest.approx(total(), rel=1e-6)
+    assert total("--cache", "--cache-weight", "0.5") != pytest.approx(expected, rel=1e-6)
+
+    sgd = DynamicSettings(1e-1, 2e-3, 5, "sgd")
+    expected = stream_perplexity(adapted_logprobs(lm.model, stream, torch.device("cpu"), sgd))
+    assert total("--dynamic", "--dynamic-rule", "sgd", "--dynamic-lr", "0.1") == pytest.approx(
+        expected, rel=1e-9
+    )
+    failed = invoke(trained, monkeypatch, "score", "--model", "tiny", "--carry-state", "--dynamic",
+                    "stream.txt")  # fmt: skip
+    assert failed.exit_code == 1 and "gradient_rms.pt" in failed.output
+    rms = gradient_rms(lm.model, corpus.splits["train"], 10, 5, torch.device("cpu"))
+    names = [n for n, _ in lm.model.named_parameters()]
+    torch.save(dict(zip(names, rms, strict=True)), trained / "models" / "tiny" / "gradient_rms.pt")
+    rms_rule = DynamicSettings(1e-3, 2e-3, 5, "rms")
+    expected = stream_perplexity(
+        adapted_logprobs(lm.model, stream, torch.device("cpu"), rms_rule, rms)
+    )
+    assert total("--dynamic") == pytest.approx(expected, rel=1e-9)
+
+    stray = invoke(trained, monkeypatch, "score", "--model", "tiny", "--carry-state",
+                   "--cache-theta", "2", "stream.txt")  # fmt: skip
+    assert stray.exit_code == 2 and "--cache-theta needs --cache" in stray.output
+    alone = invoke(trained, monkeypatch, "score", "--model", "tiny", "--cache", "stream.txt")
+    assert alone.exit_code == 2 and "add --carry-state" in alone.output

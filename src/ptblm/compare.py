@@ -60,11 +60,32 @@ REFERENCE: dict[str, dict[str, dict[str, float]]] = {
         "large-tied": {"valid": 77.9, "test": 75.2},
     },
 }
+# Test-time adaptation (stage adapt): published static / neural cache / dynamic evaluation
+# test perplexities on PTB, shown whenever a row has adapted figures.
+ADAPTATION_REFERENCE = [
+    {  # salesforce/awd-lstm-lm README: finetuned 58.8 / 56.5, + cache pointer 53.2 / 52.5
+        "run": "AWD-LSTM finetuned, + continuous cache pointer (salesforce/awd-lstm-lm README)",
+        "valid": 58.8,
+        "test": 56.5,
+        "test cache": 52.5,
+    },
+    {  # Krause et al. (2018), abstract: 51.6 valid / 51.1 test (their static base: AWD-LSTM)
+        "run": "AWD-LSTM + dynamic evaluation (Krause et al. 2018)",
+        "test dynamic": 51.1,
+    },
+    {  # Grave et al. (2017) on PTB, as Merity et al. (2018) and Yang et al. (2018) list it
+        "run": "LSTM, + neural cache (Grave et al. 2017)",
+        "test": 82.3,
+        "test cache": 72.1,
+    },
+]
+PUBLISHED_ADAPTATION = "published: test-time adaptation"  # the config column of those rows
 PAPER = "paper (Zaremba et al. 2014)"
 SPLITS = ("train", "valid", "test")
-COLUMNS = ["run", "config", *SPLITS, "words/s", "train wall s", "device"]
+ADAPTED = ("test cache", "test dynamic")  # test perplexity with the cache, dynamic evaluation
+COLUMNS = ["run", "config", *SPLITS, *ADAPTED, "words/s", "train wall s", "device"]
 SEED = "train.seed"
-NUMBERS = {*SPLITS, "words/s", "train wall s", "n", *(f"sd {s}" for s in SPLITS)}
+NUMBERS = {*SPLITS, *ADAPTED, "words/s", "train wall s", "n", *(f"sd {s}" for s in SPLITS)}
 WHOLE = ("words/s", "train wall s", "n")  # shown without decimals
 
 
@@ -85,6 +106,11 @@ def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
         folder = train_json.parent
         trained, evaluated = read(folder / "train.json"), read(folder / "eval.json")
         stale = scored_another_model(trained, evaluated)
+        adapted = read(folder / "adapt.json")
+        notes = [stale] if stale else []
+        if scored_another_model(trained, adapted):
+            notes.append("adapt.json adapted another model than train.json's: rerun adapt")
+            adapted = {}
         speed = read(Path(timings_dir) / folder.name / "speed.json")
         rows.append(
             {
@@ -93,10 +119,14 @@ def from_metrics(metrics_dir: Path, timings_dir: Path) -> pd.DataFrame:
                 "train": trained.get("train_perplexity"),
                 "valid": trained.get("valid_perplexity"),
                 "test": None if stale else evaluated.get("test_perplexity"),
+                **{
+                    f"test {method}": adapted.get(method, {}).get("test_perplexity")
+                    for method in ("cache", "dynamic")
+                },
                 "words/s": speed.get("words_per_sec"),
                 "train wall s": speed.get("wall_time_s"),
                 "device": speed.get("device", trained.get("device")),
-                **({"note": stale} if stale else {}),
+                **({"note": "; ".join(notes)} if notes else {}),
             }
         )
         seeds = read(folder / "seeds.json")
@@ -154,6 +184,8 @@ def from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
             "train": column("metrics.train_perplexity", "metrics.final_train_perplexity"),
             "valid": column("metrics.valid_perplexity", "metrics.final_valid_perplexity"),
             "test": column("metrics.test_perplexity"),
+            "test cache": column("metrics.test_perplexity_cache"),
+            "test dynamic": column("metrics.test_perplexity_dynamic"),
             "words/s": column(f"metrics.{AUX}mean_words_per_sec", "metrics.mean_words_per_sec"),
             "train wall s": column(f"metrics.{AUX}train_wall_time_s", "metrics.train_wall_time_s"),
             "device": column("tags.device_name"),
@@ -207,11 +239,12 @@ def with_seed_groups(table: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
             "n": len(members),
             "device": group["device"].iloc[0] if group["device"].nunique() == 1 else "",
         }
-        for name in (*SPLITS, "words/s", "train wall s"):
+        for name in (*SPLITS, *ADAPTED, "words/s", "train wall s"):
             summary[name] = pd.to_numeric(group[name]).mean()
         for split in SPLITS:
             summary[f"sd {split}"] = pd.to_numeric(group[split]).std(ddof=1)
-        for name in table.columns.difference([*summary, *SPLITS, "words/s", "train wall s"]):
+        averaged = [*summary, *SPLITS, *ADAPTED, "words/s", "train wall s"]
+        for name in table.columns.difference(averaged):
             values = group[name].astype(str).unique()
             summary[name] = values[0] if len(values) == 1 else ""
         if SEED in table:  # the seeds, in order
@@ -239,9 +272,14 @@ def with_reference(runs: pd.DataFrame) -> pd.DataFrame:
         for config, values in configs.items()
         if config in set(table["config"])
     ]
-    return pd.concat([table, pd.DataFrame(reference)], ignore_index=True).sort_values(
-        "config", kind="stable", ignore_index=True
-    )
+    if pd.to_numeric(table[list(ADAPTED)].stack(), errors="coerce").notna().any():
+        reference += [{"config": PUBLISHED_ADAPTATION, **row} for row in ADAPTATION_REFERENCE]
+    table = pd.concat([table, pd.DataFrame(reference)], ignore_index=True)
+    for method, column in zip(("cache", "dynamic"), ADAPTED, strict=True):  # vs the same row's
+        table[f"Δtest {method} (%)"] = 100 * (
+            pd.to_numeric(table[column]) / pd.to_numeric(table["test"]) - 1
+        )
+    return table.sort_values("config", kind="stable", ignore_index=True)
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
