@@ -457,6 +457,8 @@ def test_the_experiment_carries_the_ui_view_and_system_metrics_are_opt_in(
     view = json.loads(experiment.tags[UI_VIEW_TAG[0]])
     assert view["selectedColumns"][1:] == [
         "metrics.`test_perplexity`",
+        "metrics.`test_perplexity_cache`",
+        "metrics.`test_perplexity_dynamic`",
         "metrics.`valid_perplexity`",
         "metrics.`train_perplexity`",
     ]

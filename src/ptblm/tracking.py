@@ -65,6 +65,8 @@ UI_VIEW_TAG = (
             "selectedColumns": [
                 "attributes.`Models`",
                 "metrics.`test_perplexity`",
+                "metrics.`test_perplexity_cache`",
+                "metrics.`test_perplexity_dynamic`",
                 "metrics.`valid_perplexity`",
                 "metrics.`train_perplexity`",
             ]
