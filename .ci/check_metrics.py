@@ -4,7 +4,8 @@
 Every `metrics/**/*.json` at the given git revision (default HEAD) must parse as a JSON object;
 any `*_perplexity` value must be a finite number >= 1; `metrics/<config>/train.json` and
 `eval.json` must carry their perplexities, their `config` (if present) must name the folder,
-and eval.json must have scored train.json's model (their `model_md5`, where both have one).
+and eval.json and adapt.json must have scored train.json's model (their `model_md5`, where
+both have one).
 dvc.yaml lists the whole metrics/ folder, so any other file there (a CSV, a PNG, timings) would
 be read by `dvc metrics` as a metric: that is an error too. Paths listed in dvc.yaml's top-level
 `metrics:` that the revision lacks (no file, or no file under a folder) are warnings.
@@ -55,13 +56,14 @@ def problems(path: str, text: str) -> list[str]:
 
 
 def mismatched_models(files: dict[str, str | None]) -> list[tuple[str, str]]:
-    """metrics/<config>/eval.json whose `model_md5` is not train.json's: the test perplexity
-    of another model than the one trained (train reran, evaluate did not or failed). Files
+    """metrics/<config>/eval.json or adapt.json whose `model_md5` is not train.json's: the test
+    perplexity of another model than the one trained (train reran, evaluate or adapt did not,
+    or failed). Files
     from before `model_md5` are not compared."""
     found = []
     for path, text in files.items():
         parts = PurePosixPath(path).parts
-        if len(parts) != 3 or parts[-1] != "eval.json" or text is None:
+        if len(parts) != 3 or parts[-1] not in ("eval.json", "adapt.json") or text is None:
             continue
         trained_text = files.get(f"metrics/{parts[1]}/train.json")
         try:
@@ -73,7 +75,8 @@ def mismatched_models(files: dict[str, str | None]) -> list[tuple[str, str]]:
             found.append(
                 (
                     path,
-                    f"scored model {scored}, but train.json's model is {trained}; rerun evaluate",
+                    f"scored model {scored}, but train.json's model is {trained}; rerun "
+                    + ("evaluate" if parts[-1] == "eval.json" else "adapt"),
                 )
             )
     return found

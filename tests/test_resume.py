@@ -163,6 +163,7 @@ def test_a_killed_dvc_exp_run_resumes_through_every_rerun_a_sweep_makes(tiny_tem
     result = dvc(repo, "exp", "run", *_flags(ops), env=tool_env(repo))
     assert "Stage 'train' didn't change, skipping" in result.stdout
     assert "Stage 'evaluate' didn't change, skipping" in result.stdout
+    assert "Stage 'adapt' didn't change, skipping" in result.stdout
 
     # train reruns and evaluate does not (killed in between): the old test perplexity is
     # never shown as the new model's
@@ -174,10 +175,11 @@ def test_a_killed_dvc_exp_run_resumes_through_every_rerun_a_sweep_makes(tiny_tem
                  "--root", str(repo)], repo, check=False)  # fmt: skip
     assert check.returncode == 1 and "metrics/tiny/eval.json" in check.stderr
     assert "rerun evaluate" in check.stderr
+    assert "metrics/tiny/adapt.json" in check.stderr and "rerun adapt" in check.stderr
     shown = run([sys.executable, "-m", "ptblm", "compare", "--source", "metrics", "--format",
                  "csv"], repo, env=tool_env(repo)).stdout  # fmt: skip
     (row,) = [line for line in shown.splitlines() if line.startswith("metrics/tiny,")]
-    assert "eval.json scored another model" in row
+    assert "eval.json scored another model" in row and "rerun adapt" in row
     assert (
         str(json.loads((repo / "metrics/tiny/eval.json").read_text())["test_perplexity"]) not in row
     )
