@@ -320,7 +320,13 @@ def test_carry_state_with_the_cache_or_dynamic_evaluation_uses_the_tuned_values(
     (trained / "stream.txt").write_text(text, encoding="utf-8")
     chosen = {
         "cache": {"window": 50, "theta": 0.7, "weight": 0.2},
-        "dynamic": {"learning_rate": 1e-3, "decay": 2e-3, "segment": 5, "rule": "rms"},
+        "dynamic": {
+            "learning_rate": 1e-3,
+            "decay": 2e-3,
+            "segment": 5,
+            "rule": "rms",
+            "epsilon": 1e-3,
+        },
     }
     write_json(trained / "metrics" / "tiny" / "adapt.json", chosen)
     (trained / "params.yaml").write_text(yaml.safe_dump({**committed_params(), "model": "tiny"}))

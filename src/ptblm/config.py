@@ -160,7 +160,7 @@ class DynamicParams:
 
     rule: str = "rms"  # rms (Krause et al. 2018) | sgd (plain SGD, decay to the trained weights)
     segment: int = 5  # tokens scored, then learned from, per update
-    epsilon: float = 2e-5  # rms: added to the gradient's RMS
+    epsilon: float = 1e-3  # rms: added to the gradient's RMS
     learning_rate: tuple[float, ...] = (5e-5,)
     decay: tuple[float, ...] = (2e-3,)  # lambda: pull toward the trained weights
 

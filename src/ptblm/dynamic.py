@@ -10,7 +10,8 @@ model has trained on it. The update pulls the weights back toward the trained on
 g is the gradient of the segment's mean cross entropy; MS the mean squared gradient of the
 same loss over the start of the training split (`gradient_rms`), and rms_norm = sqrt(MS)
 divided by its mean over all weights, capped at 1 / decay (Krause et al.'s "RMS
-normalisation with a global prior"). The trained model is never modified: a copy adapts.
+normalisation with a global prior"; the mean is over each weight tensor's mean, as in their
+code). The trained model is never modified: a copy adapts.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def dynamic_logprobs(
     model = copy.deepcopy(model).to(device).eval()  # dropout off; the caller's stays trained
     params = list(model.parameters())
     trained = [p.detach().clone() for p in params]
-    steps, pulls = _update_scales(settings, rms, len(params))
+    steps, pulls = _update_terms(settings, rms, params)
     data = ids.view(1, -1).to(device)
     state = model.zero_state(1, device)
     out = []
@@ -83,25 +84,24 @@ def dynamic_logprobs(
         logp = torch.log_softmax(model.softmax(hidden)[0].float(), dim=-1)
         logp = logp.gather(1, y[0].unsqueeze(1)).squeeze(1)
         out.append(logp.detach().double())  # scored before the update below
-        if settings.learning_rate:
+        if settings.learning_rate:  # 0: the weights stay the trained ones, bit for bit
             (-logp.mean()).backward()
-            with torch.no_grad():
-                for p, p0, step, pull in zip(params, trained, steps, pulls, strict=True):
-                    p.add_(pull * (p0 - p) - step * p.grad)
+            with torch.no_grad():  # two passes over the weights: most of a segment's time
+                torch._foreach_lerp_(params, trained, pulls)  # += pull * (theta_0 - theta)
+                torch._foreach_addcmul_(params, steps, [p.grad for p in params], value=-1.0)
         state = detach(state)
     return torch.cat(out)
 
 
-def _update_scales(
-    settings: DynamicSettings, rms: list[torch.Tensor] | None, count: int
-) -> tuple[list, list]:
+def _update_terms(
+    settings: DynamicSettings, rms: list[torch.Tensor] | None, params: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per parameter: what multiplies the gradient, and what multiplies (theta_0 - theta)."""
     lr, decay = settings.learning_rate, settings.decay
     if settings.rule == "sgd":
-        return [lr] * count, [decay] * count
-    assert rms is not None and len(rms) == count
-    mean = torch.cat([r.flatten() for r in rms]).mean()
-    steps = [lr / (r + settings.epsilon) for r in rms]
+        return [torch.full_like(p, lr) for p in params], [torch.full_like(p, decay) for p in params]
+    assert rms is not None and len(rms) == len(params)
+    mean = torch.stack([r.mean() for r in rms]).mean()  # of each tensor's mean, as theirs
     cap = 1.0 / decay if decay > 0 else float("inf")
-    pulls = [decay * (r / mean).clamp(max=cap) for r in rms]
-    return steps, pulls
+    steps = [lr / (r + settings.epsilon) for r in rms]
+    return steps, [decay * (r / mean).clamp(max=cap) for r in rms]

@@ -114,6 +114,7 @@ def adapt_command(params_path: Path, model_name: str | None, tracking_on: bool |
             "segment": dynamic.choice.segment,
             "learning_rate": dynamic.choice.learning_rate,
             "decay": dynamic.choice.decay,
+            "epsilon": dynamic.choice.epsilon,
         },
         "model_md5": md5_of(model_file),  # the model adapted: train.json's must match
     }

@@ -14,7 +14,7 @@ from ..config import DYNAMIC_RULES, load_params
 from .common import GRADIENT_RMS, METRICS_DIR, MODELS_DIR
 
 CACHE_KEYS = ("window", "theta", "weight")
-DYNAMIC_KEYS = ("learning_rate", "decay", "segment", "rule")
+DYNAMIC_KEYS = ("learning_rate", "decay", "segment", "rule", "epsilon")
 
 
 def adaptation_options(command):
@@ -39,6 +39,11 @@ def adaptation_options(command):
         click.option("--dynamic-lr", type=click.FloatRange(min=0), help="Step size." + tuned),
         click.option("--dynamic-decay", type=click.FloatRange(0, 1), help="lambda." + tuned),
         click.option("--dynamic-segment", type=click.IntRange(min=1), help="Tokens." + tuned),
+        click.option(
+            "--dynamic-epsilon",
+            type=click.FloatRange(min=0, min_open=True),
+            help="rms: added to the gradient's RMS." + tuned,
+        ),  # fmt: skip
         click.option(
             "--dynamic-rule",
             type=click.Choice(DYNAMIC_RULES),
@@ -80,8 +85,9 @@ def chosen_adaptation(
     if method == "cache":
         return (CacheChoice(values["window"], values["theta"], values["weight"]),)
     settings = DynamicSettings(
-        values["learning_rate"], values["decay"], values["segment"], values["rule"]
-    )
+        values["learning_rate"], values["decay"], values["segment"], values["rule"],
+        values["epsilon"],
+    )  # fmt: skip
     return settings, _gradient_rms(config) if settings.rule == "rms" else None
 
 
