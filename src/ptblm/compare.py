@@ -64,22 +64,22 @@ REFERENCE: dict[str, dict[str, dict[str, float]]] = {
 # test perplexities on PTB, shown whenever a row has adapted figures.
 ADAPTATION_REFERENCE = [
     {  # salesforce/awd-lstm-lm README: finetuned 58.8 / 56.5, + cache pointer 53.2 / 52.5
-        "run": "AWD-LSTM finetuned, + continuous cache pointer (salesforce/awd-lstm-lm README)",
+        "run": "AWD-LSTM + cache pointer (awd-lstm-lm README)",
         "valid": 58.8,
         "test": 56.5,
         "test cache": 52.5,
     },
     {  # Krause et al. (2018), abstract: 51.6 valid / 51.1 test (their static base: AWD-LSTM)
-        "run": "AWD-LSTM + dynamic evaluation (Krause et al. 2018)",
+        "run": "AWD-LSTM + dynamic eval (Krause et al. 2018)",
         "test dynamic": 51.1,
     },
     {  # Grave et al. (2017) on PTB, as Merity et al. (2018) and Yang et al. (2018) list it
-        "run": "LSTM, + neural cache (Grave et al. 2017)",
+        "run": "LSTM + neural cache (Grave et al. 2017)",
         "test": 82.3,
         "test cache": 72.1,
     },
 ]
-PUBLISHED_ADAPTATION = "published: test-time adaptation"  # the config column of those rows
+PUBLISHED_ADAPTATION = "published adaptation"  # the config column of those rows
 PAPER = "paper (Zaremba et al. 2014)"
 SPLITS = ("train", "valid", "test")
 ADAPTED = ("test cache", "test dynamic")  # test perplexity with the cache, dynamic evaluation
