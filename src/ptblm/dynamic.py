@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import batchify, iterate_batches
+from .data import batchify, epoch_size, iterate_batches
 from .model import PTBModel, detach
+from .progress import Progress
 
 RULES = ("rms", "sgd")
 
@@ -46,6 +47,7 @@ def gradient_rms(
     squares = [torch.zeros_like(p) for p in model.parameters()]
     state = model.zero_state(batch_size, device)
     windows = 0
+    progress = Progress(epoch_size(train_ids.numel(), batch_size, num_steps), "gradient RMS")
     for x, y in iterate_batches(data, num_steps):
         model.zero_grad(set_to_none=True)
         hidden, state = model.features(x, state)
@@ -55,6 +57,8 @@ def gradient_rms(
             square.add_(p.grad * p.grad)
         state = detach(state)
         windows += 1
+        progress.update()
+    progress.close()
     if not windows:
         raise ValueError("the training ids hold no whole window for the gradient statistics")
     return [(square / windows).sqrt_() for square in squares]
@@ -78,6 +82,8 @@ def dynamic_logprobs(
     data = ids.view(1, -1).to(device)
     state = model.zero_state(1, device)
     out = []
+    segments = -(-(ids.numel() - 1) // settings.segment)
+    progress = Progress(segments, f"dynamic lr {settings.learning_rate:g}", unit="segment")
     for x, y in iterate_batches(data, settings.segment, include_tail=True):
         model.zero_grad(set_to_none=True)
         hidden, state = model.features(x, state)
@@ -90,6 +96,8 @@ def dynamic_logprobs(
                 torch._foreach_lerp_(params, trained, pulls)  # += pull * (theta_0 - theta)
                 torch._foreach_addcmul_(params, steps, [p.grad for p in params], value=-1.0)
         state = detach(state)
+        progress.update()
+    progress.close()
     return torch.cat(out)
 
 

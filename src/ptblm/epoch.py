@@ -6,7 +6,6 @@ Costs stay on the device during a pass; a non-finite one stops it with the epoch
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,19 +17,8 @@ from .data import batchify, iterate_batches
 from .device import autocast
 from .errors import TrainingError
 from .model import PTBModel, State
+from .progress import PROGRESS_EVERY_S, say
 from .step import TrainStep
-
-# Without a terminal (nohup, CI, `dvc queue`) no progress bar is drawn; a pass then prints a
-# plain line this often, so a log shows a long epoch going on.
-PROGRESS_EVERY_S = 60.0
-
-
-def say(line: str) -> None:
-    """One line of the training log on stdout, out at once: above the progress bars on a
-    terminal, flushed when stdout is a file or pipe (Python block-buffers those, so a log
-    under nohup or a queue would otherwise show nothing until the process ends)."""
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
 
 
 @dataclass

@@ -32,8 +32,9 @@ from .distributed import (
     slowest,
     summed,
 )
-from .epoch import EpochResult, say, score_epoch, train_epoch
+from .epoch import EpochResult, score_epoch, train_epoch
 from .model import PTBModel
+from .progress import say
 from .schedule import learning_rate
 from .step import TrainStep
 
