@@ -23,7 +23,9 @@ class Progress:
     """`update()` once per unit of `total`; `close()` at the end."""
 
     def __init__(self, total: int, desc: str, unit: str = "step"):
-        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=1.0)
+        self.bar = tqdm(
+            total=total, desc=desc, unit=unit, leave=False, mininterval=1.0, disable=None
+        )
         self.total, self.desc, self.done = total, desc, 0
         self.start = self.said = time.perf_counter()
 
