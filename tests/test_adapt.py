@@ -189,7 +189,9 @@ def test_dvc_exp_run_adapts_the_test_config_and_logs_it_to_its_mlflow_run(tmp_pa
     assert adapted["cache"]["window"] in (50, 200)
     assert adapted["dynamic"]["learning_rate"] in (1e-4, 1e-3)
     grid = (repo / "tuning" / "test" / "cache_grid.csv").read_text().splitlines()
-    assert grid[0] == "window,theta,weight,valid_perplexity" and len(grid) == 1 + 2 * 5 * 5
+    assert grid[0] == "window,theta,weight,valid_perplexity" and len(grid) == 1 + 2 * 5 * 6
+    grid = (repo / "tuning" / "test" / "dynamic_grid.csv").read_text().splitlines()
+    assert grid[0] == "learning_rate,decay,valid_perplexity" and len(grid) == 1 + 2
 
     run_id = json.loads((repo / "models" / "test" / "mlflow_run.json").read_text())["run_id"]
     with sqlite3.connect(repo / "mlflow.db") as db:

@@ -133,7 +133,11 @@ def tune_dynamic(
     for n, settings in enumerate(points, start=1):
         ppl = stream_perplexity(dynamic_logprobs(model, valid_ids, settings, rms, device))
         rows.append(
-            {"learning_rate": settings.learning_rate, "decay": settings.decay, "valid": ppl}
+            {
+                "learning_rate": settings.learning_rate,
+                "decay": settings.decay,
+                "valid_perplexity": round(ppl, 4),
+            }
         )
         if best is None or ppl < best.valid_perplexity:
             best = Tuned(settings, ppl)

@@ -22,7 +22,8 @@ def _order(config: str) -> tuple:
 def save_comparison(table: pd.DataFrame, path: Path) -> None:
     """`table` as `compare.with_reference` gives it. Configs without a published number
     (`test`) are left out: a perplexity of hundreds would squash the rest. Our single runs
-    are dots; a group of seeds (a row with n > 1) is its mean with a ±1 sd bar."""
+    are dots; a group of seeds (a row with n > 1) is its mean with a ±1 sd bar; a run's
+    test perplexity with the neural cache and with dynamic evaluation, triangles above it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +56,21 @@ def save_comparison(table: pd.DataFrame, path: Path) -> None:
             zorder=4,
             label="ptb-lm, mean ± sd of seeds",
         )
+    for column, color, marker in (
+        ("test cache", "tab:green", ">"),
+        ("test dynamic", "tab:purple", "<"),
+    ):
+        adapted = singles[pd.to_numeric(singles.get(column), errors="coerce").notna()]
+        if len(adapted):  # the same model at test time: the adapt stage
+            ax.scatter(
+                pd.to_numeric(adapted[column]),
+                adapted["config"].map(row) - 0.2,  # just above the static dot
+                marker=marker,
+                color=color,
+                s=45,
+                zorder=3,
+                label=f"ptb-lm, {column.removeprefix('test ')} (adapt stage)",
+            )
     for marker, source in zip(MARKERS, REFERENCE, strict=False):
         rows = table[(table["run"] == source) & table["test"].notna()]
         if len(rows):
