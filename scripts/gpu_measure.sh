@@ -12,6 +12,10 @@
 # variants (small-tied, small-gru, medium-tied, large-tied).
 # bench-variants times the variants beside the 2014 model of their size (tf32, no scaling).
 # bench-ddp times large's step and a gradient all-reduce on one GPU (benchmarks/ddp.py).
+# adapt-<config> runs the adapt stage (neural cache, dynamic evaluation, tuned on valid) on
+# <config>'s model: run <config> first (here or before). bench-adapt times static
+# evaluation, the cache and dynamic evaluation side by side (benchmarks/adapt.py).
+#   OUT=/tmp/gpu scripts/gpu_measure.sh medium adapt-medium large-tied adapt-large-tied
 #   PRECISION=fp32 DEADLINE_S=540 OUT=/tmp/gpu scripts/gpu_measure.sh small
 #
 #   OUT=/tmp/gpu scripts/gpu_measure.sh seeds-small seeds-medium   # 3 seeds each, mean ± sd
@@ -130,6 +134,18 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
             timeout "$limit" "$PYTHON" benchmarks/ddp.py --device cuda --config large \
                 --processes 1 --out "$RESULTS/benchmarks-ddp" 2>&1 | tee "$RESULTS/logs/bench-ddp.log"
             ;;
+        bench-adapt)
+            timeout "$limit" "$PYTHON" benchmarks/adapt.py --device cuda \
+                --configs small,medium,large,medium-tied,large-tied \
+                --out "$RESULTS/benchmarks-adapt" 2>&1 | tee "$RESULTS/logs/bench-adapt.log"
+            ;;
+        adapt-*)
+            timeout "$limit" "$PYTHON" -m ptblm.cli adapt --params "$GPU_PARAMS" \
+                --model "${1#adapt-}" --no-tracking 2>&1 | tee "$RESULTS/logs/$1.log" \
+                && for d in metrics tuning timings; do
+                    mkdir -p "$RESULTS/$d" && cp -r "$d/${1#adapt-}" "$RESULTS/$d/"
+                done
+            ;;
         small | medium | large | test | small-tied | small-gru | medium-tied | large-tied \
             | test-variants)
             train_evaluate "$1" "$GPU_PARAMS" "" \
@@ -146,8 +162,8 @@ run_part() {  # every step chained with &&: `if` switches set -e off inside its 
                 --out "$RESULTS/plain" 2>&1 | tee "$RESULTS/logs/$1.log"
             ;;
         *)
-            echo "unknown part: $1 (check, bench, bench-variants, a config of params.yaml," \
-                "plain-<config>, seeds-<config>)" >&2
+            echo "unknown part: $1 (check, bench, bench-variants, bench-adapt, a config of" \
+                "params.yaml, adapt-<config>, plain-<config>, seeds-<config>)" >&2
             return 2
             ;;
     esac

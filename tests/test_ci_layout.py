@@ -115,6 +115,7 @@ def stage_metric_paths(dvc_yaml: dict) -> list[str]:
 def test_one_metrics_folder_per_config_listed_whole(dvc_yaml, configs):
     assert "metrics/${model}/train.json" in stage_metric_paths(dvc_yaml)
     assert "metrics/${model}/eval.json" in stage_metric_paths(dvc_yaml)
+    assert "metrics/${model}/adapt.json" in stage_metric_paths(dvc_yaml)
     # The folders, not their files: a new config's results list themselves.
     assert dvc_yaml["metrics"] == ["metrics"]
     plots = {next(iter(p)) if isinstance(p, dict) else p: p for p in dvc_yaml["plots"]}
@@ -127,7 +128,8 @@ def test_one_metrics_folder_per_config_listed_whole(dvc_yaml, configs):
     assert "test" in committed and committed <= configs
     for config in committed:
         files = {Path(p).name for p in tracked if p.startswith(f"metrics/{config}/")}
-        assert {"train.json", "eval.json"} <= files <= {"train.json", "eval.json", "seeds.json"}
+        assert {"train.json", "eval.json"} <= files <= {"train.json", "eval.json", "seeds.json",
+                                                         "adapt.json"}  # fmt: skip
         assert f"plots/{config}/history.csv" in tracked
         # timings/<config>/speed.json only where the run's speed was a measurement (a run
         # that shared the cores with others commits none: docs/reproduction.md)

@@ -73,6 +73,7 @@ def test_gpu_script_trains_ours_then_the_plain_loop_and_compares(tmp_path):
         repo,
         out,
         "test",
+        "adapt-test",
         "plain-test",
         "seeds-test",
         "test-variants",
@@ -82,6 +83,9 @@ def test_gpu_script_trains_ours_then_the_plain_loop_and_compares(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     files = members(out / "results.tar.gz")
     assert "results/metrics/test/eval.json" in files
+    adapted = json.loads(files["results/metrics/test/adapt.json"])  # the adapt stage, no MLflow
+    assert adapted["model_md5"] == json.loads(files["results/metrics/test/eval.json"])["model_md5"]
+    assert "results/tuning/test/dynamic_grid.csv" in files
     assert "results/metrics/test-variants/eval.json" in files  # a variant config is a part too
     report = json.loads(files["results/plain/plain-test.json"])
     assert report["plain"]["precision"] == "fp32"

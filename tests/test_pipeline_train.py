@@ -41,7 +41,7 @@ def test_exp_run_trains_and_evaluates_the_selected_config(trained):
     history = (plots / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,lr,train_perplexity,valid_perplexity" and len(history) == 2
     assert (plots / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "train.json"]  # metrics only
+    assert sorted(p.name for p in out.iterdir()) == ["adapt.json", "eval.json", "train.json"]
     speed = json.loads((repo / "timings" / "test" / "speed.json").read_text())
     assert speed["words_per_sec"] > 0 and speed["wall_time_s"] > 0
     model = torch.load(repo / "models" / "test" / "model.pt", weights_only=True)

@@ -161,6 +161,7 @@ class DynamicParams:
     rule: str = "rms"  # rms (Krause et al. 2018) | sgd (plain SGD, decay to the trained weights)
     segment: int = 5  # tokens scored, then learned from, per update
     epsilon: float = 1e-3  # rms: added to the gradient's RMS
+    gradient_tokens: int = 0  # rms: the RMS over this many training tokens (0: all of them)
     learning_rate: tuple[float, ...] = (5e-5,)
     decay: tuple[float, ...] = (2e-3,)  # lambda: pull toward the trained weights
 
@@ -168,6 +169,8 @@ class DynamicParams:
         _require_choice(self.rule, f"{where}.rule", DYNAMIC_RULES)
         _require(self.segment >= 1, f"{where}.segment", self.segment, ">= 1")
         _require(self.epsilon > 0, f"{where}.epsilon", self.epsilon, "> 0")
+        _require(self.gradient_tokens >= 0, f"{where}.gradient_tokens", self.gradient_tokens,
+                 ">= 0 (0: the whole training split)")  # fmt: skip
         _require_grid(self.learning_rate, f"{where}.learning_rate", lambda v: v >= 0, ">= 0")
         _require_grid(self.decay, f"{where}.decay", lambda v: 0 <= v <= 1, "in [0, 1]")
 

@@ -78,6 +78,7 @@ def adapt_command(params_path: Path, model_name: str | None, tracking_on: bool |
     if grid.dynamic.rule == "rms":
         say("dynamic: the gradient's RMS over the training split ...")
         train_ids = load_split(PREPARED_DIR, "train")
+        train_ids = train_ids[: grid.dynamic.gradient_tokens or None]
         rms = gradient_rms(model, train_ids, GRADIENT_BATCH, grid.dynamic.segment, device)
     valid_ids = load_split(PREPARED_DIR, "valid")
     valid = read_stream(model, valid_ids, device, params.train.precision)
