@@ -210,6 +210,12 @@ def test_a_killed_queued_run_resumes_when_queued_again(tiny_template, tmp_path):
         assert fresh.data.params["train.seed"] == "99" and fresh.info.run_id != first.info.run_id
         assert sorted(checkpoints(repo).values()) == [1, 4]  # (d)'s beside the first
         queue_and_run(repo, [[OP_CHANGE]], kill=False)
+        # the queue's log of the finished run holds its epoch lines (flushed without a
+        # terminal) and the stages after training
+        status = dvc(repo, "queue", "status", env=tool_env(repo)).stdout
+        name = [line.split()[1] for line in status.splitlines() if "Success" in line][-1]
+        log = dvc(repo, "queue", "logs", name, env=tool_env(repo)).stdout
+        assert f"epoch {EPOCHS:3d}" in log and "Running stage 'adapt'" in log, log[-3000:]
     finally:
         dvc(repo, "queue", "stop", "--kill", env=tool_env(repo), check=False)
     assert list(checkpoints(repo).values()) == [1]  # the first run's is gone, (d)'s stays
