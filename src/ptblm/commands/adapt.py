@@ -13,6 +13,7 @@ import click
 from .. import tracking
 from ..config import load_params
 from ..fsutil import md5_of, save_tensors, write_json, write_text
+from ..progress import say
 from .common import (
     GRADIENT_RMS,
     METRICS_DIR,
@@ -28,10 +29,6 @@ from .common import (
 )
 
 GRADIENT_BATCH = 100  # rows of the training split for dynamic evaluation's gradient RMS
-
-
-def say(line: str) -> None:
-    click.echo(line)
 
 
 def grid_csv(rows: list[dict]) -> str:

@@ -78,7 +78,7 @@ def chosen_adaptation(
         return None
     config = _config_name(params_path, model_name, model_uri)
     keys = CACHE_KEYS if method == "cache" else DYNAMIC_KEYS
-    values = {k: given[f"{method}_{'lr' if k == 'learning_rate' else k}"] for k in keys}
+    values = {k: given[_option(method, k).replace("-", "_")] for k in keys}
     missing = [k for k, v in values.items() if v is None]
     if missing:
         values |= _tuned(config, method, missing)
@@ -91,6 +91,11 @@ def chosen_adaptation(
     return settings, _gradient_rms(config) if settings.rule == "rms" else None
 
 
+def _option(method: str, key: str) -> str:
+    """The option that sets `key` of `method`: cache-theta, dynamic-lr, ..."""
+    return f"{method}-{'lr' if key == 'learning_rate' else key}"
+
+
 def _config_name(params_path: Path, model_name: str | None, model_uri: str | None) -> str | None:
     """The pipeline config the model belongs to; None for an MLflow model or a file's path."""
     if model_uri or (model_name and (model_name.endswith(".pt") or os.sep in model_name)):
@@ -99,7 +104,7 @@ def _config_name(params_path: Path, model_name: str | None, model_uri: str | Non
 
 
 def _tuned(config: str | None, method: str, keys: list[str]) -> dict[str, Any]:
-    flags = ", ".join(f"--{method}-{'lr' if k == 'learning_rate' else k}" for k in keys)
+    flags = ", ".join(f"--{_option(method, k)}" for k in keys)
     if config is None:
         raise click.UsageError(f"no tuned values for a model outside the pipeline: give {flags}")
     path = METRICS_DIR / config / "adapt.json"
